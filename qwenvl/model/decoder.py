@@ -1,0 +1,127 @@
+"""The Qwen2 / Qwen-7B text decoder: pre-RMSNorm blocks, GQA attention with q/k/v bias, SwiGLU, RoPE.
+
+Mirrors transformers' `Qwen2_5_VLTextModel` (facts B.6-B.7); Qwen-VL v1's QWenModel is the same
+computation under other key names (weights.py renames) plus its inference-time NTK / log-n tricks.
+forward() takes embeddings, explicit positions and an optional engine-owned KV cache.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from qwenvl.config import TextConfig
+from qwenvl.model.attention import LayerCache, causal_attention
+from qwenvl.model.layers import GatedMLP, RMSNorm
+from qwenvl.model.rope import apply_rope, inv_freq, mrope_axis_map, text_cos_sin
+
+
+@dataclass
+class KVCache:
+    """Engine-owned cache: k, v [L, B, Hkv, S_max, D]. The model writes into it, never allocates it."""
+
+    k: torch.Tensor
+    v: torch.Tensor
+
+    @classmethod
+    def allocate(cls, cfg: TextConfig, batch: int, max_len: int, dtype: torch.dtype,
+                 device: torch.device | str = "cpu") -> KVCache:
+        shape = (cfg.num_hidden_layers, batch, cfg.num_key_value_heads, max_len, cfg.head_dim)
+        return cls(torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
+
+    @property
+    def max_len(self) -> int:
+        return self.k.shape[3]
+
+    def layer(self, i: int, start: int) -> LayerCache:
+        return LayerCache(self.k[i], self.v[i], start)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: TextConfig) -> None:
+        super().__init__()
+        h, kv, d = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        self.h, self.kv, self.d = h, kv, d
+        self.q_proj = nn.Linear(cfg.hidden_size, h * d, bias=cfg.attention_bias)
+        self.k_proj = nn.Linear(cfg.hidden_size, kv * d, bias=cfg.attention_bias)
+        self.v_proj = nn.Linear(cfg.hidden_size, kv * d, bias=cfg.attention_bias)
+        self.o_proj = nn.Linear(h * d, cfg.hidden_size, bias=False)
+
+    def forward(self, x, cos, sin, mask, cache: LayerCache | None, q_scale: torch.Tensor | None) -> torch.Tensor:
+        b, t, _ = x.shape
+        q = self.q_proj(x).view(b, t, self.h, self.d).transpose(1, 2)
+        k = self.k_proj(x).view(b, t, self.kv, self.d).transpose(1, 2)
+        v = self.v_proj(x).view(b, t, self.kv, self.d).transpose(1, 2)
+        cos, sin = cos[:, None], sin[:, None]
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if q_scale is not None:  # v1 log-n attention scaling beyond seq_length
+            q = q * q_scale.to(q.dtype)[:, None, :, None]
+        out = causal_attention(q, k, v, mask, cache)
+        return self.o_proj(out.transpose(1, 2).reshape(b, t, -1))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: TextConfig) -> None:
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.self_attn = Attention(cfg)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.mlp = GatedMLP(cfg.hidden_size, cfg.intermediate_size)
+
+    def forward(self, x, cos, sin, mask, cache, q_scale) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, q_scale)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class TextDecoder(nn.Module):
+    def __init__(self, cfg: TextConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_hidden_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.reset_buffers(None)
+        self.gradient_checkpointing = False
+
+    def reset_buffers(self, device: torch.device | str | None) -> None:
+        """(Re)build the RoPE tables; called again after a meta-device build."""
+        cfg = self.cfg
+        self.register_buffer("inv_freq", inv_freq(cfg.head_dim, cfg.rope_theta, device), persistent=False)
+        axis = mrope_axis_map(cfg.mrope_section).to(device) if cfg.mrope_section is not None else None
+        self.register_buffer("axis_map", axis, persistent=False)
+
+    def rope_freqs(self, seq_len: int) -> torch.Tensor:
+        """Dynamic NTK (v1, inference only): grow the base once the prompt exceeds seq_length."""
+        cfg = self.cfg
+        if not cfg.use_dynamic_ntk or self.training or seq_len <= cfg.seq_length:
+            return self.inv_freq
+        alpha = max(2 ** math.ceil(math.log2(seq_len / cfg.seq_length) + 1) - 1, 1)
+        d = cfg.head_dim
+        return inv_freq(d, cfg.rope_theta * alpha ** (d / (d - 2)), self.inv_freq.device)
+
+    def forward(self, embeds: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None = None,
+                cache: KVCache | None = None, start: int = 0, ntk_len: int | None = None) -> torch.Tensor:
+        """embeds [B, T, D], positions [3, B, T] (M-RoPE) or [B, T] -> hidden [B, T, D] after the final norm.
+
+        mask: [B, 1, T, start+T] bool or None (plain causal from 0). cache/start: engine-owned KV cache
+        and the absolute slot of the first new token. ntk_len: sequence length that fixes the v1
+        dynamic-NTK base (the prefill length; reused while decoding).
+        """
+        freqs = self.rope_freqs(ntk_len if ntk_len is not None else start + embeds.shape[1])
+        cos, sin = text_cos_sin(positions, freqs, self.axis_map, embeds.dtype)
+        q_scale = None
+        if self.cfg.use_logn_attn and not self.training:
+            pos1 = (positions if positions.dim() == 2 else positions[0]).float() + 1
+            q_scale = torch.where(pos1 > self.cfg.seq_length, pos1.log() / math.log(self.cfg.seq_length),
+                                  torch.ones_like(pos1))
+        x = embeds
+        for i, layer in enumerate(self.layers):
+            lc = cache.layer(i, start) if cache is not None else None
+            if self.gradient_checkpointing and self.training:
+                x = torch.utils.checkpoint.checkpoint(layer, x, cos, sin, mask, lc, q_scale, use_reentrant=False)
+            else:
+                x = layer(x, cos, sin, mask, lc, q_scale)
+        return self.norm(x)

@@ -1,0 +1,88 @@
+"""The assembled vision-language model with a phased API an engine can drive.
+
+    feats  = model.encode_images(pixels, grid_thw)        # vision tower + adapter -> [N_img_tokens, D]
+    embeds = model.embed(input_ids, image_feats, video_feats)  # scatter into placeholder slots
+    hidden = model(embeds, positions, mask, cache, start)  # decoder with explicit positions / KV cache
+    logits = model.logits(hidden)
+
+Module names match the legacy Hugging Face layout (`visual.*`, `model.*`, `lm_head`), so weights.py
+maps checkpoint keys with a prefix rename only. No generate() here: sampling lives in qwenvl.engine.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from qwenvl.config import QwenVLConfig
+from qwenvl.model.decoder import KVCache, TextDecoder
+from qwenvl.model.vision import VisionTransformer
+
+
+def build_vision(cfg: QwenVLConfig) -> nn.Module:
+    if cfg.model_type == "qwen":
+        from qwenvl.model.vision_v1 import VisionTransformerV1
+
+        return VisionTransformerV1(cfg.vision)
+    return VisionTransformer(cfg.vision)
+
+
+class QwenVLModel(nn.Module):
+    def __init__(self, cfg: QwenVLConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.visual = build_vision(cfg)
+        self.model = TextDecoder(cfg.text)
+        if cfg.tie_word_embeddings:
+            self.lm_head = None
+        else:
+            self.lm_head = nn.Linear(cfg.text.hidden_size, cfg.text.vocab_size, bias=False)
+
+    # -- phase 1: vision -------------------------------------------------------------------------
+    def encode_images(self, pixels: torch.Tensor, grid_thw: torch.Tensor | list | None = None) -> torch.Tensor:
+        """Images or videos -> LLM-space tokens [N_tokens, D], in input order.
+
+        v2: pixels [N_patches, C*T*P*P] packed over items, grid_thw [n, 3]; N_tokens = sum(t*h*w)/4.
+        v1: pixels [n, 3, S, S]; N_tokens = n * n_queries.
+        """
+        dtype = next(self.visual.parameters()).dtype
+        return self.visual(pixels.to(dtype), grid_thw)
+
+    # -- phase 2: embed --------------------------------------------------------------------------
+    def placeholder_masks(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(image slots, video slots) as [B, T] bool."""
+        cfg = self.cfg
+        if cfg.model_type == "qwen":
+            # v1: every position strictly between <img> and </img> is an image slot
+            start, end = cfg.image_start_id, cfg.image_start_id + 1
+            depth = (input_ids == start).long().cumsum(-1) - (input_ids == end).long().cumsum(-1)
+            img = (depth > 0) & (input_ids != start)
+            return img, torch.zeros_like(img)
+        return input_ids == cfg.image_token_id, input_ids == cfg.video_token_id
+
+    def embed(self, input_ids: torch.Tensor, image_feats: torch.Tensor | None = None,
+              video_feats: torch.Tensor | None = None) -> torch.Tensor:
+        """input_ids [B, T] -> embeddings [B, T, D] with vision features written into their slots in order."""
+        x = self.model.embed_tokens(input_ids)
+        img_mask, vid_mask = self.placeholder_masks(input_ids)
+        for name, mask, feats in (("image", img_mask, image_feats), ("video", vid_mask, video_feats)):
+            n = int(mask.sum())
+            got = 0 if feats is None else feats.shape[0]
+            if n != got:
+                raise ValueError(f"{name} placeholders and features do not match: {n} slots in the prompt, "
+                                 f"{got} {name} feature rows")
+            if n:
+                x = x.masked_scatter(mask[..., None], feats.to(x.dtype))
+        return x
+
+    # -- phase 3: decoder ------------------------------------------------------------------------
+    def forward(self, embeds: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None = None,
+                cache: KVCache | None = None, start: int = 0, ntk_len: int | None = None) -> torch.Tensor:
+        """embeds [B, T, D], positions [3, B, T] or [B, T] -> final hidden states [B, T, D]."""
+        return self.model(embeds, positions, mask, cache, start, ntk_len)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden [..., D] -> logits [..., V]."""
+        if self.lm_head is None:
+            return hidden @ self.model.embed_tokens.weight.t()
+        return self.lm_head(hidden)
