@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from qwenvl.engine.generate import ModelInputs, generate
+from qwenvl.engine.generate import generate
 from qwenvl.engine.sampling import SamplingParams
+from qwenvl.inputs import ModelInputs
 from qwenvl.processing.positions import mrope_positions
 from qwenvl.weights import load_model
 from tests.model.hf_tiny import make_hf_checkpoint

@@ -1,0 +1,159 @@
+"""The public Python API: load a checkpoint folder, chat, score.
+
+    pipe = qwenvl.load("path/to/checkpoint", dtype="float32", device="cpu")
+    out = pipe.chat(messages, max_new_tokens=64, temperature=0.0)   # out.text, out.token_ids, out.boxes
+    logits = pipe.logits(messages, add_generation_prompt=True)     # [T, V] over the rendered prompt
+
+The family (Qwen-VL v1, Qwen2-VL, Qwen2.5-VL) is read from config.json. This layer wires the
+processor (text + pixels -> ids), the model and the engine's generate; it holds no model logic.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from qwenvl.engine.generate import Generation, generate, prefill_embeds, stream
+from qwenvl.engine.sampling import SamplingParams
+from qwenvl.inputs import ModelInputs
+from qwenvl.weights import load_model, read_config
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float16": torch.float16, "fp16": torch.float16}
+DEFAULT_MODEL = "qwenvl-tiny"
+
+
+def resolve_model(path: str | Path | None) -> Path:
+    """A folder path, or the name of a model shipped with the package."""
+    if path is None or str(path) == DEFAULT_MODEL:
+        shipped = Path(__file__).parent / "assets" / DEFAULT_MODEL
+        if not (shipped / "config.json").is_file():
+            raise FileNotFoundError(f"the default model {DEFAULT_MODEL!r} is not shipped in this version yet; "
+                                    "pass a checkpoint folder")
+        return shipped
+    folder = Path(path).expanduser()
+    if not folder.is_dir():
+        raise FileNotFoundError(f"checkpoint folder {folder} does not exist")
+    return folder
+
+
+def _dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(DTYPES)}")
+    return DTYPES[dtype]
+
+
+@dataclass
+class ChatResult:
+    text: str
+    token_ids: list[int]
+    finish_reason: str
+    prompt_tokens: int
+    boxes: list[dict] = field(default_factory=list)  # {label, x1, y1, x2, y2} in original-image pixels
+    timings: dict = field(default_factory=dict)
+
+
+class Pipeline:
+    def __init__(self, model, processor, generation_config: dict | None = None, folder: Path | None = None):
+        self.model = model
+        self.processor = processor
+        self.generation_config = generation_config or {}
+        self.folder = folder
+
+    @property
+    def family(self) -> str:
+        return self.model.cfg.model_type
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.model.embed_tokens.weight.device
+
+    def prepare(self, messages: list[dict], *, add_generation_prompt: bool = True, **kw: Any) -> ModelInputs:
+        return self.processor(messages, add_generation_prompt=add_generation_prompt, **kw)
+
+    def sampling(self, **overrides: Any) -> SamplingParams:
+        params = SamplingParams.from_generation_config(self.generation_config, **overrides)
+        return params.with_stops(self.processor.stop_ids())
+
+    def chat(self, messages: list[dict], *, max_new_tokens: int | None = None, temperature: float | None = None,
+             top_p: float | None = None, top_k: int | None = None, repetition_penalty: float | None = None,
+             seed: int | None = None, **processor_kw: Any) -> ChatResult:
+        """Answer the conversation. Unset sampling arguments come from generation_config.json."""
+        inp = self.prepare(messages, **processor_kw)
+        params = self.sampling(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
+                               repetition_penalty=repetition_penalty, seed=seed)
+        gen: Generation = generate(self.model, inp, params)
+        text = self.processor.decode(gen.token_ids)
+        return ChatResult(text=text, token_ids=gen.token_ids, finish_reason=gen.finish_reason,
+                          prompt_tokens=gen.prompt_tokens, boxes=self.boxes(text, inp),
+                          timings={"vision_s": gen.vision_seconds, "ttft_s": gen.ttft_seconds,
+                                   "decode_s": gen.decode_seconds})
+
+    def stream(self, messages: list[dict], **kw: Any) -> Iterator[str]:
+        """Yield text pieces as tokens are generated (whole UTF-8 characters only)."""
+        proc_kw = {k: v for k, v in kw.items() if k not in SamplingParams.__dataclass_fields__}
+        inp = self.prepare(messages, **proc_kw)
+        params = self.sampling(**{k: v for k, v in kw.items() if k in SamplingParams.__dataclass_fields__})
+        ids: list[int] = []
+        sent = ""
+        for tok in stream(self.model, inp, params):
+            ids.append(tok)
+            text = self.processor.decode(ids)
+            if not text.endswith("\ufffd") and len(text) > len(sent):
+                yield text[len(sent):]
+                sent = text
+
+    @torch.no_grad()
+    def logits(self, messages: list[dict], *, add_generation_prompt: bool = True, **kw: Any) -> torch.Tensor:
+        """Logits [T, V] over the rendered prompt (fp32)."""
+        inp = self.prepare(messages, add_generation_prompt=add_generation_prompt, **kw)
+        embeds, _ = prefill_embeds(self.model, inp)
+        hidden = self.model(embeds, inp.positions.to(self.device).unsqueeze(-2))
+        return self.model.logits(hidden)[0].float()
+
+    def boxes(self, text: str, inp: ModelInputs) -> list[dict]:
+        """Boxes in the answer, mapped to the original pixels of the last image in the prompt."""
+        if not inp.image_sizes:
+            return []
+        from qwenvl.processing.grounding import parse_boxes
+
+        input_sizes = self.processor.input_sizes(inp)
+        return [b.as_dict() for b in parse_boxes(text, self.family, inp.image_sizes[-1],
+                                                 input_sizes[-1] if input_sizes else None)]
+
+    def save(self, folder: str | Path, dtype: str | torch.dtype | None = None) -> None:
+        from qwenvl.weights import save_model
+
+        save_model(self.model, folder, dtype=_dtype(dtype) if dtype is not None else None)
+        self.processor.save(folder)
+        if self.generation_config:
+            (Path(folder) / "generation_config.json").write_text(json.dumps(self.generation_config, indent=2))
+
+
+def build_processor(folder: Path, cfg):
+    if cfg.model_type == "qwen":
+        from qwenvl.processing.processor_v1 import QwenV1Processor
+
+        return QwenV1Processor.from_folder(folder, cfg)
+    from qwenvl.processing.processor import Qwen2VLProcessor
+
+    return Qwen2VLProcessor.from_folder(folder, cfg)
+
+
+def load(path: str | Path | None = None, dtype: str | torch.dtype = "float32",
+         device: str | torch.device = "cpu") -> Pipeline:
+    """Load a checkpoint folder (or the shipped default model) into a ready pipeline."""
+    folder = resolve_model(path)
+    cfg = read_config(folder)
+    processor = build_processor(folder, cfg)  # fail on a missing tokenizer before reading weights
+    model = load_model(folder, _dtype(dtype), device, cfg)
+    gen_path = folder / "generation_config.json"
+    gen = json.loads(gen_path.read_text()) if gen_path.is_file() else {}
+    return Pipeline(model, processor, gen, folder)
