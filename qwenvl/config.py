@@ -230,6 +230,11 @@ def from_hf_dict(d: dict) -> QwenVLConfig:
     )
 
 
+def _int_if_whole(x: float) -> int | float:
+    # transformers' strict configs want ints for mlp_ratio / tokens_per_second when they are whole
+    return int(x) if float(x).is_integer() else x
+
+
 def to_hf_dict(cfg: QwenVLConfig) -> dict:
     """The `config.json` that transformers (>=4.5x and 5.x) loads, nested text_config form."""
     if cfg.model_type == "qwen":
@@ -250,7 +255,7 @@ def to_hf_dict(cfg: QwenVLConfig) -> dict:
     vrope = {"rope_type": "axial", "rope_theta": v.rope_theta}
     if cfg.model_type == "qwen2_vl":
         vision = dict(model_type="qwen2_vl_vision", depth=v.depth, embed_dim=v.hidden_size,
-                      hidden_size=v.out_hidden_size, mlp_ratio=v.intermediate_size / v.hidden_size,
+                      hidden_size=v.out_hidden_size, mlp_ratio=_int_if_whole(v.intermediate_size / v.hidden_size),
                       num_heads=v.num_heads, hidden_act=v.hidden_act, rope_parameters=vrope)
         arch = "Qwen2VLForConditionalGeneration"
     else:
@@ -258,7 +263,7 @@ def to_hf_dict(cfg: QwenVLConfig) -> dict:
                       intermediate_size=v.intermediate_size, out_hidden_size=v.out_hidden_size,
                       num_heads=v.num_heads, hidden_act=v.hidden_act, window_size=v.window_size,
                       fullatt_block_indexes=list(v.fullatt_block_indexes),
-                      tokens_per_second=v.tokens_per_second, rope_parameters=vrope)
+                      tokens_per_second=_int_if_whole(v.tokens_per_second), rope_parameters=vrope)
         arch = "Qwen2_5_VLForConditionalGeneration"
     vision.update(in_channels=v.in_channels, in_chans=v.in_channels, patch_size=v.patch_size,
                   temporal_patch_size=v.temporal_patch_size, spatial_merge_size=v.spatial_merge_size)
