@@ -1,0 +1,80 @@
+"""Command line: each subcommand is a thin call into one library function.
+
+    qwenvl chat MODEL "question" --image a.png [--image b.png] [--video clip.mp4] [--draw boxes.png]
+    qwenvl demo
+Errors a user can cause (bad path, bad image, bad checkpoint) print one line, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _chat(args: argparse.Namespace) -> int:
+    import qwenvl
+
+    pipe = qwenvl.load(args.model, dtype=args.dtype, device=args.device)
+    content = [{"type": "image", "image": p} for p in args.image]
+    content += [{"type": "video", "video": p} for p in args.video]
+    content.append({"type": "text", "text": args.prompt})
+    out = pipe.chat([{"role": "user", "content": content}], max_new_tokens=args.max_new_tokens,
+                    temperature=args.temperature, seed=args.seed)
+    print(out.text)
+    if out.boxes and args.draw and args.image:
+        from qwenvl.processing.draw import draw_boxes
+        from qwenvl.processing.grounding import Box
+        from qwenvl.processing.image import load_image
+
+        draw_boxes(load_image(args.image[-1]), [Box(**b) for b in out.boxes]).save(args.draw)
+        print(f"boxes drawn: {args.draw}", file=sys.stderr)
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from qwenvl.pipeline import DEFAULT_MODEL, resolve_model
+
+    try:
+        resolve_model(None)
+    except FileNotFoundError:
+        print(f"The default model {DEFAULT_MODEL!r} is not shipped yet: it is trained by the project's own "
+              "recipes (issue 4). Until then, run `qwenvl chat CHECKPOINT_FOLDER \"question\" --image IMG` "
+              "on a Qwen2-VL / Qwen2.5-VL checkpoint folder.", file=sys.stderr)
+        return 1
+    args.model, args.image, args.video, args.prompt = None, [], [], "Describe the image."
+    return _chat(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="qwenvl", description="Qwen-VL family models: chat, serve, train, eval")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    c = sub.add_parser("chat", help="ask one question about images / a video")
+    c.add_argument("model", help="checkpoint folder or the shipped model name")
+    c.add_argument("prompt")
+    c.add_argument("--image", action="append", default=[])
+    c.add_argument("--video", action="append", default=[])
+    c.add_argument("--draw", help="write the last image with the answer's boxes drawn to this PNG")
+    d = sub.add_parser("demo", help="run the shipped default model on a generated image")
+    d.add_argument("--draw", default="qwenvl-demo-boxes.png", help="where to draw the answer's boxes")
+    for q in (c, d):
+        q.add_argument("--max-new-tokens", type=int, default=None)
+        q.add_argument("--temperature", type=float, default=None)
+        q.add_argument("--seed", type=int, default=None)
+        q.add_argument("--dtype", default="float32")
+        q.add_argument("--device", default="cpu")
+    c.set_defaults(func=_chat)
+    d.set_defaults(func=_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
