@@ -92,7 +92,8 @@ class Pipeline:
         gen: Generation = generate(self.model, inp, params)
         text = self.processor.decode(gen.token_ids)
         return ChatResult(text=text, token_ids=gen.token_ids, finish_reason=gen.finish_reason,
-                          prompt_tokens=gen.prompt_tokens, boxes=self.boxes(text, inp),
+                          prompt_tokens=gen.prompt_tokens,
+                          boxes=self.boxes(self.processor.decode(gen.token_ids, skip_special=False), inp),
                           timings={"vision_s": gen.vision_seconds, "ttft_s": gen.ttft_seconds,
                                    "decode_s": gen.decode_seconds})
 

@@ -105,8 +105,9 @@ class Qwen2VLProcessor:
             raise ValueError("the chat template dropped an image or video placeholder; check the template")
         return out
 
-    def decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special=True)
+    def decode(self, ids: list[int], skip_special: bool = True) -> str:
+        # box / ref tags are special tokens: the grounding parser needs skip_special=False
+        return self.tokenizer.decode(ids, skip_special=skip_special)
 
     def input_sizes(self, inputs: ModelInputs) -> list[tuple[int, int]]:
         """(W, H) in pixels of each image as the model saw it (Qwen2.5-VL boxes are in these units)."""
