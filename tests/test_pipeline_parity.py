@@ -15,12 +15,7 @@ import torch
 from PIL import Image
 
 import qwenvl
-from tests.fixtures.qwen2_tokenizer import write_chat_template_json, write_qwen2_tokenizer
-from tests.model.hf_tiny import make_hf_checkpoint
-
-PRE = {"min_pixels": 56 * 56, "max_pixels": 28 * 28 * 64, "patch_size": 14, "temporal_patch_size": 2,
-       "merge_size": 2, "image_mean": [0.48145466, 0.4578275, 0.40821073],
-       "image_std": [0.26862954, 0.26130258, 0.27577711], "image_processor_type": "Qwen2VLImageProcessor"}
+from tests.conftest import PRE
 
 
 def image(w, h, seed):
@@ -28,14 +23,9 @@ def image(w, h, seed):
     return Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
 
 
-@pytest.fixture(scope="module", params=["qwen2_vl", "qwen2_5_vl"])
-def ckpt(request, tmp_path_factory):
-    folder = tmp_path_factory.mktemp(request.param + "_pipe")
-    hf = make_hf_checkpoint(request.param, folder, seed=11)
-    write_qwen2_tokenizer(folder)
-    write_chat_template_json(folder)
-    (folder / "preprocessor_config.json").write_text(json.dumps(PRE))
-    return request.param, folder, hf
+@pytest.fixture(params=["qwen2_vl", "qwen2_5_vl"])
+def ckpt(request, tiny_ckpt):
+    return (request.param, *tiny_ckpt(request.param))
 
 
 class HFProcessor:
