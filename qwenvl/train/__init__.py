@@ -1,0 +1,1 @@
+"""Training: recipes -> TrainConfig, data and collation, freeze policy, loop, checkpoint/resume."""
