@@ -173,7 +173,7 @@ def load_model(folder: str | Path, dtype: torch.dtype = torch.float32, device: s
         model = QwenVLModel(cfg)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     if cfg.model_type == "qwen":
-        from qwenvl.weights_v1 import v1_key_shapes, v1_iter
+        from qwenvl.weights_v1 import v1_iter, v1_key_shapes
 
         found = v1_key_shapes({k: s for k, (s, _) in checkpoint_keys(files).items()}, cfg)
         tensors = v1_iter(iter_checkpoint(files), cfg)

@@ -56,7 +56,9 @@ class Attention(nn.Module):
         k = self.k_proj(x).view(b, t, self.kv, self.d).transpose(1, 2)
         v = self.v_proj(x).view(b, t, self.kv, self.d).transpose(1, 2)
         cos, sin = cos[:, None], sin[:, None]
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        # cos/sin in fp32 (v1) rotate in fp32 and cast back; in the model dtype this is a plain rotation
+        q = apply_rope(q.to(cos.dtype), cos, sin).to(v.dtype)
+        k = apply_rope(k.to(cos.dtype), cos, sin).to(v.dtype)
         if q_scale is not None:  # v1 log-n attention scaling beyond seq_length
             q = q * q_scale.to(q.dtype)[:, None, :, None]
         out = causal_attention(q, k, v, mask, cache)
@@ -111,7 +113,9 @@ class TextDecoder(nn.Module):
         dynamic-NTK base (the prefill length; reused while decoding).
         """
         freqs = self.rope_freqs(ntk_len if ntk_len is not None else start + embeds.shape[1])
-        cos, sin = text_cos_sin(positions, freqs, self.axis_map, embeds.dtype)
+        # v1 (1-D RoPE) rotates in fp32 (facts A.5); Qwen2/2.5-VL rotate in the model dtype
+        rope_dtype = torch.float32 if self.cfg.mrope_section is None else embeds.dtype
+        cos, sin = text_cos_sin(positions, freqs, self.axis_map, rope_dtype)
         q_scale = None
         if self.cfg.use_logn_attn and not self.training:
             pos1 = (positions if positions.dim() == 2 else positions[0]).float() + 1
