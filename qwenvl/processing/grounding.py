@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from typing import Any
 
 FAMILIES = ("qwen_vl", "qwen2_vl", "qwen2_5_vl", "qwen3_vl")
-_ALIASES = {"qwen3_vl_moe": "qwen3_vl"}  # HF model_type of the MoE checkpoints
+_ALIASES = {"qwen": "qwen_vl", "qwen3_vl_moe": "qwen3_vl"}  # config.json model_type -> box convention
 # (ref open, ref close, box open, box close) of the tag-based families.
 _TAGS = {
     "qwen_vl": ("<ref>", "</ref>", "<box>", "</box>"),

@@ -19,16 +19,14 @@ from qwenvl.processing.image import load_image, process_image_fixed
 from qwenvl.processing.messages import normalize_messages
 from qwenvl.processing.tokenizer_v1 import QwenV1Tokenizer
 
-MAX_PATH_BYTES = 256
 
-
-def _stand_in(source, k: int) -> str:
-    """The text that goes between <img> and </img>: the path itself when it is a short path/URL."""
+def _stand_in(source, k: int, span: int) -> str:
+    """The text that goes between <img> and </img>: the path itself when it fits the span."""
     if isinstance(source, (str, Path)) and not str(source).startswith("data:"):
         s = str(source)
-        if len(s.encode()) <= MAX_PATH_BYTES:
+        if len(s.encode()) <= span:
             return s
-    return f"image-{k}"
+    return f"image-{k}"[:span]
 
 
 class QwenV1Processor:
@@ -46,7 +44,7 @@ class QwenV1Processor:
         folder = Path(folder)
         gen = folder / "generation_config.json"
         fmt = json.loads(gen.read_text()).get("chat_format", "chatml") if gen.is_file() else "chatml"
-        return cls(cfg, QwenV1Tokenizer.from_folder(folder), fmt, folder / "qwen.tiktoken")
+        return cls(cfg, QwenV1Tokenizer.from_folder(folder, cfg.vision.n_queries), fmt, folder / "qwen.tiktoken")
 
     def save(self, folder: str | Path) -> None:
         if self.tiktoken_path is not None and self.tiktoken_path.resolve() != (Path(folder) / "qwen.tiktoken").resolve():
@@ -61,7 +59,7 @@ class QwenV1Processor:
         images = iter(range(len(items)))
         for m in msgs:  # give every image part a string "path" for the id stream
             if isinstance(m["content"], list):
-                m["content"] = [dict(p, image=_stand_in(p["image"], next(images))) if p["type"] == "image" else p
+                m["content"] = [dict(p, image=_stand_in(p["image"], next(images), self.tokenizer.image_span)) if p["type"] == "image" else p
                                 for p in m["content"]]
         chat = messages_to_v1(msgs)
         text, ids = make_context(self.tokenizer, chat.query, chat.history, chat.system, chat_format=self.chat_format)

@@ -92,8 +92,9 @@ def _special_regex(tokens: frozenset[str]) -> re.Pattern[str] | None:
 class QwenV1Tokenizer:
     """Qwen-VL v1 tokenizer. `encode`/`decode` work on plain Python lists of ids."""
 
-    def __init__(self, ranks: dict[bytes, int]) -> None:
+    def __init__(self, ranks: dict[bytes, int], image_span: int = IMG_TOKEN_SPAN) -> None:
         self.ranks = ranks
+        self.image_span = image_span  # = the model's n_queries (256 for the released models)
         self.special_tokens = {tok: len(ranks) + i for i, tok in enumerate(SPECIAL_TOKENS)}
         self.id_to_special = {i: tok for tok, i in self.special_tokens.items()}
         self.enc = tiktoken.Encoding(
@@ -107,15 +108,15 @@ class QwenV1Tokenizer:
         self.img_pad_id = self.special_tokens[IMG_PAD]
 
     @classmethod
-    def from_file(cls, path: str | Path) -> QwenV1Tokenizer:
-        return cls(load_ranks(path))
+    def from_file(cls, path: str | Path, image_span: int = IMG_TOKEN_SPAN) -> QwenV1Tokenizer:
+        return cls(load_ranks(path), image_span)
 
     @classmethod
-    def from_folder(cls, folder: str | Path) -> QwenV1Tokenizer:
+    def from_folder(cls, folder: str | Path, image_span: int = IMG_TOKEN_SPAN) -> QwenV1Tokenizer:
         path = Path(folder) / "qwen.tiktoken"
         if not path.is_file():
             raise FileNotFoundError(f"no qwen.tiktoken in {folder} (a Qwen-VL v1 checkpoint folder has one)")
-        return cls.from_file(path)
+        return cls.from_file(path, image_span)
 
     @property
     def vocab_size(self) -> int:
@@ -191,15 +192,15 @@ class QwenV1Tokenizer:
         return items
 
     def _image_span_ids(self, path: str) -> list[int]:
-        """`<img>` + one id per UTF-8 byte of path + `<imgpad>` padding + `</img>`: always 258 ids."""
+        """`<img>` + one id per UTF-8 byte of path + `<imgpad>` padding + `</img>`: image_span + 2 ids."""
         data = path.encode("utf-8")
-        if len(data) > IMG_TOKEN_SPAN:
+        if len(data) > self.image_span:
             raise ValueError(
-                f"image path is {len(data)} UTF-8 bytes; Qwen-VL v1 holds at most {IMG_TOKEN_SPAN} "
+                f"image path is {len(data)} UTF-8 bytes; Qwen-VL v1 holds at most {self.image_span} "
                 f"(path starts {path[:60]!r})"
             )
         # Ids 0..255 are reused as a byte carrier; their surface forms as BPE tokens do not matter.
-        body = list(data) + [self.img_pad_id] * (IMG_TOKEN_SPAN - len(data))
+        body = list(data) + [self.img_pad_id] * (self.image_span - len(data))
         return [self.img_start_id, *body, self.img_end_id]
 
     # ---------------------------------------------------------------- decoding
