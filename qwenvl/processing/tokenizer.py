@@ -23,6 +23,12 @@ from typing import Any
 from tokenizers import Tokenizer
 
 
+# Special tokens that may appear in caller text (questions, earlier answers): they mark boxes and
+# referring phrases, never chat structure or vision slots.
+GROUNDING_TAGS = frozenset({"<|object_ref_start|>", "<|object_ref_end|>", "<|box_start|>", "<|box_end|>",
+                            "<|quad_start|>", "<|quad_end|>"})
+
+
 def _read_json(path: Path) -> dict[str, Any]:
     with path.open(encoding="utf-8") as f:
         return json.load(f)
@@ -59,6 +65,8 @@ class QwenTokenizer:
         # position, so this gives leftmost-longest matching, as the tokenizers library does.
         by_length = sorted(self.special_tokens, key=len, reverse=True)
         self._special_re = re.compile("|".join(map(re.escape, by_length))) if by_length else None
+        grounding = [t for t in by_length if t in GROUNDING_TAGS]
+        self._grounding_re = re.compile("|".join(map(re.escape, grounding))) if grounding else None
 
     @classmethod
     def from_folder(cls, folder: str | Path) -> QwenTokenizer:
@@ -91,21 +99,22 @@ class QwenTokenizer:
     def encode_segments(self, segments: Iterable[tuple[str, bool]]) -> list[int]:
         """Encode `(text, allow_special)` pieces, e.g. `RenderedChat.segments`, as one sequence.
 
-        Special tokens are matched only inside pieces with allow_special=True. All text between two
-        matched special tokens is BPE-encoded as one run even when it spans several pieces, so when
-        user text holds no special-token string the ids equal `encode("".join(texts))` exactly (no
-        extra token boundaries at piece edges). Matching is exact and leftmost-longest on the raw
-        text, as the tokenizers library does for Qwen's added tokens (all lstrip/rstrip/normalized
-        false); folders whose added tokens set those flags would need more here.
+        Every special token is matched inside pieces with allow_special=True. Inside caller text
+        (allow_special=False) only the grounding tags (GROUNDING_TAGS: ref / box / quad markers) are,
+        as Qwen-VL v1 allows them in content: they cannot open turns or vision slots, and without
+        them a user's or an earlier answer's box would not be what the model was trained on. All
+        text between two matched special tokens is BPE-encoded as one run even when it spans several
+        pieces, so ids equal `encode("".join(texts))` whenever caller text holds no other special string.
         """
         ids: list[int] = []
         run: list[str] = []
         for text, allow_special in segments:
-            if not allow_special or self._special_re is None:
+            pattern = self._special_re if allow_special else self._grounding_re
+            if pattern is None:
                 run.append(text)
                 continue
             start = 0
-            for match in self._special_re.finditer(text):
+            for match in pattern.finditer(text):
                 run.append(text[start : match.start()])
                 ids += self._encode_ordinary("".join(run))
                 run = []

@@ -213,6 +213,17 @@ def test_encode_segments(tok: QwenTokenizer) -> None:
     assert tok.encode_segments([]) == []
 
 
+def test_grounding_tags_in_caller_text_are_special(tok: QwenTokenizer) -> None:
+    """Box / ref markers in a question or an earlier answer get their ids (as transformers gives them);
+    chat-structure and vision tokens in the same text stay text."""
+    typed = "<|object_ref_start|>the dog<|object_ref_end|><|box_start|>(1,2),(3,4)<|box_end|> <|image_pad|>"
+    ids = tok.encode_segments([(typed, False)])
+    for name in ("<|object_ref_start|>", "<|object_ref_end|>", "<|box_start|>", "<|box_end|>"):
+        assert ids.count(tok.special_tokens[name]) == 1, name
+    assert tok.special_tokens["<|image_pad|>"] not in ids
+    assert tok.decode(ids) == typed
+
+
 def test_modules_do_not_import_transformers() -> None:
     # transformers is a test-only reference; check the imports statically (importing qwenvl
     # would pull in torch through the package __init__ and cost seconds).
