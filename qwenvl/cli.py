@@ -2,6 +2,7 @@
 
     qwenvl chat MODEL "question" --image a.png [--image b.png] [--video clip.mp4] [--draw boxes.png]
     qwenvl demo
+    qwenvl train RECIPE.toml [--set key=value ...] [--resume]     (torchrun --nproc_per_node N -m qwenvl train ...)
 Errors a user can cause (bad path, bad image, bad checkpoint) print one line, never a traceback.
 """
 
@@ -45,6 +46,25 @@ def _demo(args: argparse.Namespace) -> int:
     return _chat(args)
 
 
+def _train(args: argparse.Namespace) -> int:
+    import json
+    import os
+
+    from qwenvl.train.config import load_config
+    from qwenvl.train.loop import train
+
+    cfg = load_config(args.recipe, args.set)
+    try:
+        summary = train(cfg, resume=args.resume)
+    except KeyboardInterrupt:
+        print(f"interrupted; continue with: qwenvl train {args.recipe} --resume", file=sys.stderr)
+        return 130
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 alone reports
+        brief = {k: v for k, v in summary.items() if k not in ("losses", "val_losses")}
+        print(json.dumps(brief, indent=2, default=str))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="qwenvl", description="Qwen-VL family models: chat, serve, train, eval")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -62,6 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--seed", type=int, default=None)
         q.add_argument("--dtype", default="float32")
         q.add_argument("--device", default="cpu")
+    t = sub.add_parser("train", help="train from a TOML recipe (recipes/*.toml)")
+    t.add_argument("recipe", help="path to a recipe, e.g. recipes/stage1_pretrain.toml")
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe value, e.g. --set schedule.max_steps=10 (repeatable)")
+    t.add_argument("--resume", action="store_true", help="continue from the last complete checkpoint")
+    t.set_defaults(func=_train)
     c.set_defaults(func=_chat)
     d.set_defaults(func=_demo)
     return p
