@@ -88,12 +88,28 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a recipe value, e.g. --set schedule.max_steps=10 (repeatable)")
     t.add_argument("--resume", action="store_true", help="continue from the last complete checkpoint")
     t.set_defaults(func=_train)
+    # synth and eval parse their own arguments (main() hands them the rest of argv); listed for --help
+    sub.add_parser("synth", help="generate the synthetic dataset (qwenvl synth --help)", add_help=False)
+    sub.add_parser("eval", help="score a model on a JSONL split (qwenvl eval --help)", add_help=False)
     c.set_defaults(func=_chat)
     d.set_defaults(func=_demo)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "synth":
+        from qwenvl.data.synth import main_synth
+
+        return main_synth(argv[1:])
+    if argv and argv[0] == "eval":
+        from qwenvl.eval.runner import main_eval
+
+        try:
+            return main_eval(argv[1:])
+        except (ValueError, FileNotFoundError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -235,11 +235,11 @@ def save_model(model: nn.Module, folder: str | Path, max_shard_bytes: int = 2 * 
         size += n
     names = (["model.safetensors"] if len(shards) == 1 else
              [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))])
-    for name, shard in zip(names, shards):
+    for name, shard in zip(names, shards, strict=True):
         save_file(shard, str(folder / (name + ".tmp")), metadata={"format": "pt"})
     if len(shards) > 1:
         index = {"metadata": {"total_size": sum(v.numel() * v.element_size() for v in state.values())},
-                 "weight_map": {k: n for n, s in zip(names, shards) for k in s}}
+                 "weight_map": {k: n for n, s in zip(names, shards, strict=True) for k in s}}
         _write_json(folder / "model.safetensors.index.json", index)
     for name in names:
         os.replace(folder / (name + ".tmp"), folder / name)

@@ -48,7 +48,7 @@ class HFProcessor:
         pieces = text.split("<|image_pad|>")
         assert len(pieces) == len(images) + 1
         expanded = pieces[0]
-        for (t, h, w), piece in zip(out["image_grid_thw"].tolist(), pieces[1:]):
+        for (t, h, w), piece in zip(out["image_grid_thw"].tolist(), pieces[1:], strict=True):
             expanded += "<|image_pad|>" * (t * h * w // 4) + piece
         ids = torch.tensor([self.tok(expanded, add_special_tokens=False)["input_ids"]])
         return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "pixel_values": out["pixel_values"],

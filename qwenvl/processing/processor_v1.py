@@ -44,11 +44,13 @@ class QwenV1Processor:
         folder = Path(folder)
         gen = folder / "generation_config.json"
         fmt = json.loads(gen.read_text()).get("chat_format", "chatml") if gen.is_file() else "chatml"
-        return cls(cfg, QwenV1Tokenizer.from_folder(folder, cfg.vision.n_queries), fmt, folder / "qwen.tiktoken")
+        tok = QwenV1Tokenizer.from_folder(folder, cfg.vision.n_queries)
+        return cls(cfg, tok, fmt, folder / "qwen.tiktoken")
 
     def save(self, folder: str | Path) -> None:
-        if self.tiktoken_path is not None and self.tiktoken_path.resolve() != (Path(folder) / "qwen.tiktoken").resolve():
-            shutil.copyfile(self.tiktoken_path, Path(folder) / "qwen.tiktoken")
+        dst = Path(folder) / "qwen.tiktoken"
+        if self.tiktoken_path is not None and self.tiktoken_path.resolve() != dst.resolve():
+            shutil.copyfile(self.tiktoken_path, dst)
 
     def __call__(self, messages: list[dict], *, add_generation_prompt: bool = True, **_: object) -> ModelInputs:
         if not add_generation_prompt:
@@ -59,8 +61,9 @@ class QwenV1Processor:
         images = iter(range(len(items)))
         for m in msgs:  # give every image part a string "path" for the id stream
             if isinstance(m["content"], list):
-                m["content"] = [dict(p, image=_stand_in(p["image"], next(images), self.tokenizer.image_span)) if p["type"] == "image" else p
-                                for p in m["content"]]
+                span = self.tokenizer.image_span
+                m["content"] = [dict(p, image=_stand_in(p["image"], next(images), span)) if p["type"] == "image"
+                                else p for p in m["content"]]
         chat = messages_to_v1(msgs)
         text, ids = make_context(self.tokenizer, chat.query, chat.history, chat.system, chat_format=self.chat_format)
         spans = self.tokenizer.image_spans(ids)

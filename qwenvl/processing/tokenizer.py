@@ -22,7 +22,6 @@ from typing import Any
 
 from tokenizers import Tokenizer
 
-
 # Special tokens that may appear in caller text (questions, earlier answers): they mark boxes and
 # referring phrases, never chat structure or vision slots.
 GROUNDING_TAGS = frozenset({"<|object_ref_start|>", "<|object_ref_end|>", "<|box_start|>", "<|box_end|>",

@@ -73,6 +73,8 @@ from qwenvl.train.freeze import apply_stage
 from qwenvl.train.metrics_log import MetricsLog
 from qwenvl.train.optim import WarmupCosine, build_optimizer
 
+RECALIBRATE_AFTER = 20  # real steps before a minutes budget is re-fitted to the measured pace
+
 
 @dataclass
 class DataSource:
@@ -342,6 +344,15 @@ class _Run:
         self.scheduler.total_steps = max(1, int(remaining / (1.1 * per_step)))
         self.say(f"calibrated: {per_step:.3f} s/step -> {self.scheduler.total_steps} steps in {s.max_minutes} min")
 
+    def recalibrate(self, per_step: float) -> int:
+        """Re-fit the step count to the measured pace of real steps: the probe steps are slow (first
+        passes, allocator warm-up, other load), and a schedule that ends early wastes the budget."""
+        per = float(all_reduce(torch.tensor([per_step], dtype=torch.float64), self.info, "max"))
+        remaining = self.cfg.schedule.max_minutes * 60 - self.elapsed()
+        self.scheduler.total_steps = max(self.step + 1, self.step + int(remaining / (1.1 * per)))
+        self.say(f"recalibrated: {per:.3f} s/step -> {self.scheduler.total_steps} steps")
+        return self.scheduler.total_steps
+
     # -- one step ----------------------------------------------------------------------------------
     def train_step(self) -> tuple[float, float, int, float]:
         """(loss, lr, tokens, grad norm) of one optimizer step over all ranks."""
@@ -432,9 +443,11 @@ class _Run:
         cfg, s = self.cfg, self.cfg.schedule
         resumed = self.restore(resume)
         self.metrics.start(self.step if resumed else None)
-        if self.scheduler.total_steps == 0:
+        calibrated = self.scheduler.total_steps == 0
+        if calibrated:
             self.calibrate()
         total, budget = self.scheduler.total_steps, s.max_minutes * 60
+        t_loop, step0 = time.perf_counter(), self.step
         stopped = "max_steps"
         from tqdm import tqdm
 
@@ -460,6 +473,9 @@ class _Run:
                     self.evaluate()
                 if cfg.run.ckpt_every and self.step % cfg.run.ckpt_every == 0 and self.step < total:
                     self.checkpoint()
+                if calibrated and self.step - step0 == RECALIBRATE_AFTER:
+                    total = self.recalibrate((time.perf_counter() - t_loop) / RECALIBRATE_AFTER)
+                    bar.total = total
                 out_of_time = torch.tensor([float(budget > 0 and self.elapsed() >= budget)])
                 if float(all_reduce(out_of_time, self.info, "max")):
                     stopped = "max_minutes"
