@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 
 def _chat(args: argparse.Namespace) -> int:
@@ -33,17 +34,41 @@ def _chat(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    """Ask the shipped model about held-out generated images; print answers and write a box overlay."""
+    import qwenvl
+    from qwenvl.data.synth import make_sample, resolve_config
     from qwenvl.pipeline import DEFAULT_MODEL, resolve_model
+    from qwenvl.processing.draw import draw_boxes
+    from qwenvl.processing.grounding import Box
 
     try:
-        resolve_model(None)
+        folder = resolve_model(None)
     except FileNotFoundError:
-        print(f"The default model {DEFAULT_MODEL!r} is not shipped yet: it is trained by the project's own "
-              "recipes (issue 4). Until then, run `qwenvl chat CHECKPOINT_FOLDER \"question\" --image IMG` "
-              "on a Qwen2-VL / Qwen2.5-VL checkpoint folder.", file=sys.stderr)
+        print(f"The default model {DEFAULT_MODEL!r} is not shipped in this checkout. Run "
+              "`qwenvl chat CHECKPOINT_FOLDER \"question\" --image IMG` on a checkpoint folder.", file=sys.stderr)
         return 1
-    args.model, args.image, args.video, args.prompt = None, [], [], "Describe the image."
-    return _chat(args)
+    pipe = qwenvl.load(folder, dtype=args.dtype, device=args.device)
+    size = pipe.model.cfg.vision.image_size
+    cfg = resolve_config(seed=args.seed or 0, splits=(0.9, 0.05, 0.05), image_size=size, family="qwen_vl",
+                         langs=("en",))
+    boxes_img = None
+    for task in ("vqa", "count", "ocr", "grounding"):
+        rec, images = make_sample(cfg, task, "test", 0)  # test split: content never seen in training
+        rel, img = images[0]
+        path = Path(args.out_dir) / Path(rel).name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        img.save(path)
+        question = next(p["text"] for p in rec["messages"][0]["content"] if p["type"] == "text")
+        out = pipe.chat([{"role": "user", "content": [{"type": "image", "image": str(path)},
+                                                      {"type": "text", "text": question}]}],
+                        max_new_tokens=args.max_new_tokens or 48, temperature=0.0)
+        print(f"[{task}] image: {path}\n  Q: {question}\n  A: {out.text}\n  expected: {rec['meta'].get('answer')}")
+        if out.boxes:
+            boxes_img = Path(args.draw)
+            draw_boxes(img, [Box(**b) for b in out.boxes]).save(boxes_img)
+    if boxes_img:
+        print(f"box overlay: {boxes_img}")
+    return 0
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -75,7 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--video", action="append", default=[])
     c.add_argument("--draw", help="write the last image with the answer's boxes drawn to this PNG")
     d = sub.add_parser("demo", help="run the shipped default model on a generated image")
-    d.add_argument("--draw", default="qwenvl-demo-boxes.png", help="where to draw the answer's boxes")
+    d.add_argument("--draw", default="qwenvl-demo/boxes.png", help="where to draw the answer's boxes")
+    d.add_argument("--out-dir", default="qwenvl-demo", help="where the generated images are written")
     for q in (c, d):
         q.add_argument("--max-new-tokens", type=int, default=None)
         q.add_argument("--temperature", type=float, default=None)
