@@ -31,10 +31,10 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqle
     """
     seg, off, lmax = layout if layout is not None else segment_layout(cu_seqlens)
     n_seg = cu_seqlens.numel() - 1
-    if n_seg == 1:
-        out = F.scaled_dot_product_attention(q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1))
-        return out.transpose(0, 1)
     n, h, d = q.shape
+    if n_seg * lmax == n:  # equal segments (one image, full windows): a reshape, no scatter/gather copies
+        split = lambda t: t.reshape(n_seg, lmax, h, d).transpose(1, 2)
+        return F.scaled_dot_product_attention(split(q), split(k), split(v)).transpose(1, 2).reshape(n, h, d)
     lens = cu_seqlens[1:] - cu_seqlens[:-1]
     pad = q.new_zeros(3, n_seg, lmax, h, d)
     pad[0, seg, off], pad[1, seg, off], pad[2, seg, off] = q, k, v
