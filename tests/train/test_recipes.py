@@ -91,8 +91,8 @@ def test_stage_chain_smoke_through_the_cli(synth, tmp_path, capsys):
         assert Path(prev, "qwen.tiktoken").is_file()  # the tokenizer travels with every export
     visual = {n: json.loads((tmp_path / n / "final" / "config.json").read_text())["visual"] for n in CHAIN}
     assert (visual["stage1_pretrain"]["image_size"], visual["stage1_pretrain"]["pos_embed_grid"]) == (112, 8)
-    # 224 px, table resampled to 16x16 (the official grid, so config.json leaves the key out)
-    assert (visual["stage2_multitask"]["image_size"], visual["stage2_multitask"].get("pos_embed_grid", 16)) == (224, 16)
+    # 168 px: the 8x8 table resampled once to 12x12, and config.json says so
+    assert (visual["stage2_multitask"]["image_size"], visual["stage2_multitask"].get("pos_embed_grid", 16)) == (168, 12)
 
     import qwenvl
 
