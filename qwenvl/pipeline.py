@@ -28,12 +28,17 @@ DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfl
 DEFAULT_MODEL = "qwenvl-tiny"
 
 
+SHIPPED = Path(__file__).parent / "assets"  # qwenvl-tiny (v1, the default), qwenvl-tiny-qwen2.5-vl
+
+
 def resolve_model(path: str | Path | None) -> Path:
-    """A folder path, or the name of a model shipped with the package."""
-    if path is None or str(path) == DEFAULT_MODEL:
-        shipped = Path(__file__).parent / "assets" / DEFAULT_MODEL
+    """A folder path, or the name of a model shipped with the package (None: the default one)."""
+    name = DEFAULT_MODEL if path is None else str(path)
+    if name.startswith("qwenvl-tiny") and not Path(name).expanduser().is_dir():
+        shipped = SHIPPED / name
         if not (shipped / "config.json").is_file():
-            raise FileNotFoundError(f"the default model {DEFAULT_MODEL!r} is not shipped in this version yet; "
+            have = sorted(p.parent.name for p in SHIPPED.glob("*/config.json"))
+            raise FileNotFoundError(f"{name!r} is not a model shipped in this version (shipped: {have}); "
                                     "pass a checkpoint folder")
         return shipped
     folder = Path(path).expanduser()

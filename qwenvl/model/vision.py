@@ -48,10 +48,10 @@ class VisionAttention(nn.Module):
                 layout: tuple) -> torch.Tensor:
         n = x.shape[0]
         q, k, v = self.qkv(x).view(n, 3, self.num_heads, -1).unbind(1)  # [all q | all k | all v]
-        # RoPE in fp32, cast back (as the reference)
+        # RoPE in fp32, cast back (as the reference) to v's dtype: under autocast x stays fp32 but qkv is bf16
         cos, sin = cos[:, None], sin[:, None]
-        q = apply_rope(q.float(), cos, sin).to(x.dtype)
-        k = apply_rope(k.float(), cos, sin).to(x.dtype)
+        q = apply_rope(q.float(), cos, sin).to(v.dtype)
+        k = apply_rope(k.float(), cos, sin).to(v.dtype)
         return self.proj(varlen_attention(q, k, v, cu_seqlens, layout).reshape(n, -1))
 
 

@@ -48,11 +48,16 @@ class Qwen2VLProcessor:
         pre = folder / "preprocessor_config.json"
         image_cfg = ImageProcessorConfig.from_preprocessor_config(json.loads(pre.read_text())) if pre.is_file() \
             else None
-        return cls(cfg, QwenTokenizer.from_folder(folder), load_chat_template(folder), image_cfg)
+        vid = folder / "video_preprocessor_config.json"
+        video_opts = VideoOptions.from_video_preprocessor_config(json.loads(vid.read_text())) if vid.is_file() \
+            else None
+        return cls(cfg, QwenTokenizer.from_folder(folder), load_chat_template(folder), image_cfg, video_opts)
 
     def save(self, folder: str | Path) -> None:
         (Path(folder) / "preprocessor_config.json").write_text(
             json.dumps(self.image_cfg.to_preprocessor_config(), indent=2) + "\n")
+        (Path(folder) / "video_preprocessor_config.json").write_text(
+            json.dumps(self.video_opts.to_video_preprocessor_config(), indent=2) + "\n")
 
     # ------------------------------------------------------------------------------------------
     def __call__(self, messages: list[dict], *, add_generation_prompt: bool = True, min_pixels: int | None = None,

@@ -69,6 +69,23 @@ class VideoOptions:
         if self.nframes is not None and self.nframes < 1:
             raise ValueError(f"VideoOptions.nframes must be >= 1, got {self.nframes}")
 
+    @classmethod
+    def from_video_preprocessor_config(cls, d: dict) -> VideoOptions:
+        """A checkpoint's video_preprocessor_config.json: top-level min/max_pixels (or transformers 5's
+        size.shortest_edge / longest_edge, pixel counts), fps, min/max_frames; other keys ignored."""
+        if not isinstance(d, dict):
+            raise TypeError(f"video preprocessor config must be a dict, got {type(d).__name__}")
+        size = d.get("size") if isinstance(d.get("size"), dict) else {}
+        kw = {k: size[s] for k, s in (("min_pixels", "shortest_edge"), ("max_pixels", "longest_edge")) if s in size}
+        keys = ("fps", "min_frames", "max_frames", "min_pixels", "max_pixels")
+        kw.update({k: d[k] for k in keys if d.get(k) is not None})
+        return cls(**kw)
+
+    def to_video_preprocessor_config(self) -> dict:
+        return {"video_processor_type": "Qwen2VLVideoProcessor", "fps": self.fps, "min_frames": self.min_frames,
+                "max_frames": self.max_frames, "min_pixels": self.min_pixels, "max_pixels": self.max_pixels,
+                "size": {"shortest_edge": self.min_pixels, "longest_edge": self.max_pixels}}
+
 
 def _floor2(x: float) -> int:
     return math.floor(x / FRAME_FACTOR) * FRAME_FACTOR

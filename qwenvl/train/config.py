@@ -64,6 +64,7 @@ class DataConfig:
     max_pixels: int = 0
     max_len: int = 512  # tokens per row (packed rows hold several samples)
     packing: bool = False
+    drop_media: bool = False  # chat: remove image / video parts (stage 0 learns the chat text of every task)
 
     def __post_init__(self) -> None:
         _check(self.format in ("chat", "text"), f"data.format {self.format!r} not one of ('chat', 'text')")

@@ -238,14 +238,17 @@ class SFTDataset(RecordDataset):
     source: a .jsonl/.json path, several paths, or a list of record dicts (media relative to image_root).
     keep: optional record filter (e.g. one task for a mixture). template_vars: Qwen2-VL processor options
     (min_pixels, max_pixels) and chat-template variables (add_vision_id), passed to build_example.
+    drop_media: remove image and video parts, so a decoder learns the chat text alone (stage 0).
     """
 
     def __init__(self, source: PathLike | Sequence[PathLike] | Sequence[dict], processor: Any, max_len: int, *,
                  seed: int = 0, shuffle: bool = True, image_root: PathLike | None = None,
-                 keep: Callable[[dict], bool] | None = None, template_vars: dict | None = None) -> None:
+                 keep: Callable[[dict], bool] | None = None, template_vars: dict | None = None,
+                 drop_media: bool = False) -> None:
         super().__init__(load_entries(source, image_root, keep), max_len, seed=seed, shuffle=shuffle)
         self.processor = processor
         self.template_vars = dict(template_vars or {})
+        self.drop_media = drop_media
 
     @classmethod
     def by_task(cls, source: PathLike | Sequence[PathLike] | Sequence[dict], processor: Any, max_len: int,
@@ -259,6 +262,8 @@ class SFTDataset(RecordDataset):
     def _make(self, entry: Entry) -> TrainExample:
         msgs = convert(entry)["messages"]
         for m in msgs:
+            if self.drop_media:  # text-only view of a multimodal chat (stage 0)
+                m["content"] = [p for p in m["content"] if p["type"] not in ("image", "video")]
             m["content"] = [self._open_image(p) for p in m["content"]]
         return build_example(self.processor, msgs, **self.template_vars)
 

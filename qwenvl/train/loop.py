@@ -108,11 +108,15 @@ def default_data(cfg: TrainConfig, split: str, model_cfg) -> DataSource | None:
     if d.image_size and model_cfg.model_type == "qwen":
         model_cfg = model_cfg.replace(vision=replace(model_cfg.vision, image_size=d.image_size))
     processor = build_processor(Path(folder), model_cfg)
-    kw: dict[str, Any] = {"seed": cfg.run.seed, "shuffle": split == "train"}
+    # val is shuffled too (a fixed order per seed, replayed at every evaluation): synth files are grouped
+    # by task, so the first eval_batches in file order would score one task only
+    kw: dict[str, Any] = {"seed": cfg.run.seed, "shuffle": True}
     tasks = {str(k): float(v) for k, v in d.tasks.items() if v > 0}
     if tasks:
         kw["keep"] = lambda rec: str(rec.get("task")) in tasks
     kind = SFTDataset if d.format == "chat" else TextDataset
+    if d.format == "chat" and d.drop_media:
+        kw["drop_media"] = True
     if d.format == "chat" and model_cfg.model_type != "qwen":
         budget = {k: v for k, v in (("min_pixels", d.min_pixels), ("max_pixels", d.max_pixels)) if v}
         kw["template_vars"] = budget or None

@@ -101,6 +101,24 @@ def test_bad_samples_are_counted_warned_skipped_and_remembered(proc2, data_dir):
     assert supervised_text(proc2.tokenizer, exs[0]) == "A grey square.<|im_end|>"
 
 
+def test_drop_media_gives_the_text_only_chat_for_stage0(proc1, proc2, data_dir):
+    """Stage 0 learns the chat template and the answers with the images removed (none are opened)."""
+    ds = SFTDataset(data_dir / "train.jsonl", proc2, max_len=200, shuffle=False, drop_media=True)
+    with pytest.warns(SkippedSampleWarning):
+        exs = list(ds)
+    assert ds.skipped == {"too_long": 1, "invalid": 1}  # missing / corrupt images no longer matter
+    assert len(exs) == 8 and all(ex.inputs.image_pixels is None for ex in exs)
+    tok = proc2.tokenizer
+    assert tok.decode(exs[0].inputs.input_ids) == ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+                                                   "<|im_start|>user\nDescribe.<|im_end|>\n"
+                                                   "<|im_start|>assistant\nA grey square.<|im_end|>\n")
+    assert supervised_text(tok, exs[0]) == "A grey square.<|im_end|>"
+    (v1,) = list(SFTDataset(data_dir / "official.json", proc1, max_len=200, drop_media=True))
+    assert "<img>" not in proc1.tokenizer.decode(v1.inputs.input_ids)
+    assert supervised_text(proc1.tokenizer, v1) == ("<ref>the square</ref><box>(1,2),(3,4)</box><|im_end|>"
+                                                    "You are welcome.<|im_end|>")
+
+
 def test_relative_paths_resolve_against_the_file_folder(proc2, data_dir, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     ds = SFTDataset(data_dir / "train.jsonl", proc2, max_len=200, shuffle=False,

@@ -30,8 +30,27 @@ def test_shipped_recipes_parse_and_have_headers():
         assert "_component_" not in path.read_text()
 
 
-def test_overrides_are_type_checked_and_name_unknown_keys():
-    path = RECIPES / "stage0_text.toml"
+def _inline_arch_recipe(tmp_path) -> Path:
+    """stage0_text.toml with its config.json file written inline as [model.arch] tables."""
+    arch = json.loads((RECIPES / "arch" / "qwenvl_tiny.json").read_text())
+
+    def table(name: str, d: dict) -> str:
+        rows = [f"{k} = {json.dumps(v)}" for k, v in d.items() if not isinstance(v, dict)]
+        subs = [table(f"{name}.{k}", v) for k, v in d.items() if isinstance(v, dict)]
+        return "\n".join([f"[{name}]", *rows, "", *subs])
+
+    text = (RECIPES / "stage0_text.toml").read_text()
+    text = text.replace('config = "recipes/arch/qwenvl_tiny.json"', "").replace("[model]\n", "", 1)
+    path = tmp_path / "stage0_inline.toml"
+    path.write_text(table("model.arch", arch) + "\n" + text)
+    return path
+
+
+def test_overrides_are_type_checked_and_name_unknown_keys(tmp_path):
+    path = _inline_arch_recipe(tmp_path)
+    assert load_config(RECIPES / "stage0_text.toml").model.config == "recipes/arch/qwenvl_tiny.json"
+    swapped = load_config(RECIPES / "stage0_text.toml", ["model.config=recipes/arch/qwen2_5_vl_tiny.json"])
+    assert swapped.model.config.endswith("qwen2_5_vl_tiny.json")  # how recipes/tiny_qwen2_5_vl.sh swaps the arch
     cfg = load_config(path, ["optim.lr=5e-4", "run.bf16=false", "model.arch.visual.layers=2",
                              "run.output_dir=/tmp/x", 'data.train=["a.jsonl", "b.jsonl"]'])
     assert cfg.optim.lr == 5e-4 and not cfg.run.bf16 and cfg.model.arch["visual"]["layers"] == 2
@@ -76,9 +95,11 @@ def test_stage_chain_smoke_through_the_cli(synth, tmp_path, capsys):
     common = ["schedule.max_steps=2", "schedule.batch_size=2", "run.progress=false", "run.tensorboard=false",
               "run.eval_batches=1", "run.log_every=1", "data.max_len=1024",
               f'data.train=["{data / "train.jsonl"}"]', f'data.val=["{data / "val.jsonl"}"]']
-    shrink = ["model.arch.num_hidden_layers=1", "model.arch.visual.layers=1", f"model.arch.vocab_size={n_ranks + 220}",
-              f"model.arch.visual.image_start_id={n_ranks + 214}", f"model.arch.bos_token_id={n_ranks}",
-              f"model.arch.eos_token_id={n_ranks}", f"data.tokenizer={root / 'tok'}"]
+    arch = json.loads((RECIPES / "arch" / "qwenvl_tiny.json").read_text())  # the shipped arch, shrunk
+    arch.update(num_hidden_layers=1, vocab_size=n_ranks + 220, bos_token_id=n_ranks, eos_token_id=n_ranks)
+    arch["visual"].update(layers=1, image_start_id=n_ranks + 214)
+    (tmp_path / "arch.json").write_text(json.dumps(arch))
+    shrink = [f"model.config={tmp_path / 'arch.json'}", f"data.tokenizer={root / 'tok'}"]
     prev = None
     for name in CHAIN:
         sets = [*common, f"run.output_dir={tmp_path / name}"]
@@ -91,8 +112,8 @@ def test_stage_chain_smoke_through_the_cli(synth, tmp_path, capsys):
         assert Path(prev, "qwen.tiktoken").is_file()  # the tokenizer travels with every export
     visual = {n: json.loads((tmp_path / n / "final" / "config.json").read_text())["visual"] for n in CHAIN}
     assert (visual["stage1_pretrain"]["image_size"], visual["stage1_pretrain"]["pos_embed_grid"]) == (112, 8)
-    # 168 px: the 8x8 table resampled once to 12x12, and config.json says so
-    assert (visual["stage2_multitask"]["image_size"], visual["stage2_multitask"].get("pos_embed_grid", 16)) == (168, 12)
+    # 140 px: the 8x8 table resampled once to 10x10, and config.json says so
+    assert (visual["stage2_multitask"]["image_size"], visual["stage2_multitask"].get("pos_embed_grid", 16)) == (140, 10)
 
     import qwenvl
 
@@ -100,3 +121,32 @@ def test_stage_chain_smoke_through_the_cli(synth, tmp_path, capsys):
     out = pipe.chat([{"role": "user", "content": [{"type": "image", "image": str(next(data.rglob("*.png")))},
                                                   {"type": "text", "text": "What is this?"}]}], max_new_tokens=3)
     assert len(out.token_ids) <= 3
+
+
+def test_qwen2_5_vl_script_runs_the_same_recipes(tmp_path):
+    """recipes/tiny_qwen2_5_vl.sh: the stage 0-3 recipes on the tiny Qwen2.5-VL config, video included."""
+    import os
+    import subprocess
+    import sys
+
+    from qwenvl.data.synth import generate
+
+    data = tmp_path / "data"
+    tasks = ["vqa", "count", "grounding", "ocr", "caption", "grounded_caption", "video"]
+    for name, level, seed in (("synth25", "medium", 2), ("synth25_easy", "easy", 3)):
+        generate(data / name, n_per_task=4, seed=seed, splits=(0.5, 0.25, 0.25), image_size=140, tasks=tasks,
+                 family="qwen2_5_vl", difficulty=level, progress=False)
+    # the arch's special-token ids assume 4,096 ranks: the shipped vocabulary's
+    ranks = RECIPES.parent / "qwenvl" / "assets" / "qwenvl-tiny" / "qwen.tiktoken"
+    env = dict(os.environ, DATA=str(data), RANKS=str(ranks), LIMIT="2", OMP_NUM_THREADS="1",
+               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+               EXTRA="--set schedule.max_steps=2 --set run.eval_batches=1 --set run.progress=false")
+    out = tmp_path / "tiny25"
+    run = subprocess.run(["bash", str(RECIPES / "tiny_qwen2_5_vl.sh"), str(out)], cwd=RECIPES.parent, env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    for stage in CHAIN[:4]:
+        cfg = json.loads((out / stage / "final" / "config.json").read_text())
+        assert cfg["model_type"] == "qwen2_5_vl" and (out / stage / "final" / "tokenizer.json").is_file()
+    summary = json.loads((out / "eval" / "stage3_sft.json").read_text())["summary"]
+    assert summary["video"]["n"] == 1 and summary["grounding"]["n"] == 1
