@@ -71,10 +71,11 @@ def load_ranks(path: str | Path) -> dict[bytes, int]:
         for line_no, line in enumerate(f, 1):
             if not line.strip():
                 continue
-            parts = line.split()
-            if len(parts) != 2:
-                raise ValueError(f"{path}:{line_no}: expected 'base64token rank', got {line[:60]!r}")
-            ranks[base64.b64decode(parts[0])] = int(parts[1])
+            try:  # wrong field count, bad base64 (binascii.Error) and a non-integer rank are all ValueErrors
+                token, rank = line.split()
+                ranks[base64.b64decode(token, validate=True)] = int(rank)
+            except ValueError:
+                raise ValueError(f"{path}:{line_no}: expected 'base64token rank', got {line[:60]!r}") from None
     if sorted(ranks.values()) != list(range(len(ranks))):
         raise ValueError(f"{path}: ranks are not exactly 0..{len(ranks) - 1}")
     return ranks

@@ -12,37 +12,21 @@ Must not: train a vocabulary (tokenizer_train does), read data or touch the mode
 
 from __future__ import annotations
 
-import base64
 import json
 from pathlib import Path
 
-from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
+from tokenizers import AddedToken, Tokenizer, models
 
 from qwenvl.processing.chat_template import QWEN2_VL_TEMPLATE
 from qwenvl.processing.image import ImageProcessorConfig
-from qwenvl.processing.tokenizer_v1 import PAT_STR
+from qwenvl.processing.tokenizer_v1 import load_ranks
 from qwenvl.processing.video import VideoOptions
-from qwenvl.train.tokenizer_train import _byte_decoder
+from qwenvl.train.tokenizer_train import _byte_decoder, qwen_byte_level
 
 # Facts B.5: the Qwen2-VL / Qwen2.5-VL added tokens, in id order after the regular vocabulary.
 QWEN2_VL_SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
                      "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>",
                      "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")
-
-
-def read_ranks(path: str | Path) -> dict[bytes, int]:
-    """`base64(token) rank` lines -> {token bytes: rank}; ranks must be exactly 0..n-1."""
-    ranks: dict[bytes, int] = {}
-    for i, line in enumerate(Path(path).read_bytes().splitlines(), 1):
-        if line.strip():
-            try:
-                token, rank = line.split()
-                ranks[base64.b64decode(token, validate=True)] = int(rank)
-            except ValueError:
-                raise ValueError(f"{path}:{i}: expected 'base64 rank', got {line[:60]!r}") from None
-    if sorted(ranks.values()) != list(range(len(ranks))):
-        raise ValueError(f"{path}: ranks are not exactly 0..{len(ranks) - 1}")
-    return ranks
 
 
 def ranks_to_tokenizer(ranks: dict[bytes, int], specials: tuple[str, ...] = QWEN2_VL_SPECIALS) -> Tokenizer:
@@ -61,12 +45,7 @@ def ranks_to_tokenizer(ranks: dict[bytes, int], specials: tuple[str, ...] = QWEN
     rules.sort()
     tok = Tokenizer(models.BPE(vocab={s(t): r for t, r in ranks.items()}, merges=[(a, b) for *_, a, b in rules],
                                fuse_unk=False, byte_fallback=False))
-    tok.normalizer = normalizers.NFC()
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(PAT_STR), behavior="isolated"),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])
-    tok.decoder = decoders.ByteLevel()
+    qwen_byte_level(tok)
     tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials])
     return tok
 
@@ -77,7 +56,7 @@ def write_qwen2_tokenizer(ranks_path: str | Path, folder: str | Path, min_pixels
     (video_)preprocessor_config.json with the pixel budget into `folder`; returns the folder."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    ranks = read_ranks(ranks_path)
+    ranks = load_ranks(ranks_path)
     ranks_to_tokenizer(ranks).save(str(folder / "tokenizer.json"))
     n = len(ranks)
     decoder = {str(n + i): {"content": t, "lstrip": False, "normalized": False, "rstrip": False,

@@ -43,17 +43,22 @@ def _normalized(texts: Iterable[str]) -> Iterator[str]:
             yield unicodedata.normalize("NFC", t)
 
 
-def train_bpe(texts: Iterable[str], vocab_size: int, min_frequency: int = 2) -> Tokenizer:
-    """A byte-level BPE (`tokenizers.Tokenizer`) with at most vocab_size tokens, 256 single bytes included."""
-    if vocab_size < 256:
-        raise ValueError(f"vocab_size must be >= 256 (every single byte is a token), got {vocab_size}")
-    tok = Tokenizer(models.BPE())
+def qwen_byte_level(tok: Tokenizer) -> Tokenizer:
+    """Qwen's text pipeline on a BPE model: NFC, the split regex, byte-level alphabet and decoder."""
     tok.normalizer = normalizers.NFC()
     tok.pre_tokenizer = pre_tokenizers.Sequence([
         pre_tokenizers.Split(Regex(PAT_STR), behavior="isolated"),
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
     ])
     tok.decoder = decoders.ByteLevel()
+    return tok
+
+
+def train_bpe(texts: Iterable[str], vocab_size: int, min_frequency: int = 2) -> Tokenizer:
+    """A byte-level BPE (`tokenizers.Tokenizer`) with at most vocab_size tokens, 256 single bytes included."""
+    if vocab_size < 256:
+        raise ValueError(f"vocab_size must be >= 256 (every single byte is a token), got {vocab_size}")
+    tok = qwen_byte_level(Tokenizer(models.BPE()))
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), special_tokens=[])
     tok.train_from_iterator(_normalized(texts), trainer=trainer)

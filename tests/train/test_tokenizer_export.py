@@ -11,8 +11,8 @@ from PIL import Image
 from qwenvl.config import from_hf_dict
 from qwenvl.processing.processor import Qwen2VLProcessor
 from qwenvl.processing.tokenizer import QwenTokenizer
-from qwenvl.processing.tokenizer_v1 import QwenV1Tokenizer
-from qwenvl.train.tokenizer_export import QWEN2_VL_SPECIALS, read_ranks, write_qwen2_tokenizer
+from qwenvl.processing.tokenizer_v1 import QwenV1Tokenizer, load_ranks
+from qwenvl.train.tokenizer_export import QWEN2_VL_SPECIALS, write_qwen2_tokenizer
 from qwenvl.train.tokenizer_train import train_ranks
 from tests.train.test_tokenizer_train import corpus
 
@@ -36,7 +36,7 @@ def test_ids_equal_tiktoken_over_the_same_ranks(folder):
     for t in texts:
         assert v2.encode(t, allow_special=False) == v1.encode(t, allow_special=False), t
         assert v2.decode(v2.encode(t, allow_special=False)) == t
-    n = len(read_ranks(ranks))
+    n = len(load_ranks(ranks))
     assert [v2.token_id(t) for t in QWEN2_VL_SPECIALS] == list(range(n, n + len(QWEN2_VL_SPECIALS)))
     assert v2.eos_ids == [n + 2] and v2.pad_id == n  # <|im_end|>, <|endoftext|>
     # a user typing a vision token gets text, not the special id
@@ -46,7 +46,7 @@ def test_ids_equal_tiktoken_over_the_same_ranks(folder):
 def test_folder_drives_a_qwen2_5_vl_processor(folder, tmp_path):
     _, out = folder
     arch = json.loads((Path(__file__).parents[2] / "recipes" / "arch" / "qwen2_5_vl_tiny.json").read_text())
-    n = len(read_ranks(folder[0]))
+    n = len(load_ranks(folder[0]))
     arch["text_config"]["vocab_size"] = n + 64
     for key, k in (("image_token_id", 12), ("video_token_id", 13), ("vision_start_token_id", 9),
                    ("vision_end_token_id", 10)):
@@ -68,8 +68,8 @@ def test_bad_ranks_file_is_named(tmp_path):
     bad = tmp_path / "bad.tiktoken"
     bad.write_text("IQ== 0\nnot-base64 1\n")
     with pytest.raises(ValueError, match="bad.tiktoken:2"):
-        read_ranks(bad)
+        load_ranks(bad)
     gap = tmp_path / "gap.tiktoken"
     gap.write_text("IQ== 0\nIg== 2\n")
     with pytest.raises(ValueError, match="not exactly 0..1"):
-        read_ranks(gap)
+        load_ranks(gap)
