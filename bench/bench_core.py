@@ -100,10 +100,9 @@ def prompt_ids(n_image_tokens: int) -> list[int]:
 
 
 def rope_spec(cfg):
-    from qwenvl.processing.positions import RopeSpec
+    from qwenvl import families
 
-    return RopeSpec(cfg.image_token_id, cfg.video_token_id, cfg.vision.spatial_merge_size,
-                    absolute_time=cfg.model_type == "qwen2_5_vl", tokens_per_second=cfg.vision.tokens_per_second)
+    return families.of(cfg).rope_spec(cfg)
 
 
 def run_ours(model, ids, px, grid, new_tokens):

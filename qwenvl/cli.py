@@ -49,7 +49,7 @@ def _demo(args: argparse.Namespace) -> int:
         return 1
     pipe = qwenvl.load(folder, dtype=args.dtype, device=args.device)
     size = pipe.model.cfg.vision.image_size
-    cfg = resolve_config(seed=args.seed or 0, splits=(0.9, 0.05, 0.05), image_size=size, family="qwen_vl",
+    cfg = resolve_config(seed=args.seed or 0, splits=(0.9, 0.05, 0.05), image_size=size, family=pipe.family,
                          langs=("en",))
     boxes_img = None
     for task in ("vqa", "count", "ocr", "grounding"):

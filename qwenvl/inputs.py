@@ -23,5 +23,7 @@ class ModelInputs:
     video_pixels: torch.Tensor | None = None
     video_grid: list[tuple[int, int, int]] = field(default_factory=list)
     second_per_grid: list[float] = field(default_factory=list)  # per video (Qwen2.5-VL time axis)
+    # per video, seconds of each temporal patch, when the prompt carries text timestamps (Qwen3-VL)
+    video_timestamps: list[list[float]] = field(default_factory=list)
     image_sizes: list[tuple[int, int]] = field(default_factory=list)  # original (W, H), for grounding
     text: str = ""

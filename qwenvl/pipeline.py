@@ -4,7 +4,7 @@
     out = pipe.chat(messages, max_new_tokens=64, temperature=0.0)   # out.text, out.token_ids, out.boxes
     logits = pipe.logits(messages, add_generation_prompt=True)     # [T, V] over the rendered prompt
 
-The family (Qwen-VL v1, Qwen2-VL, Qwen2.5-VL) is read from config.json. This layer wires the
+The family (Qwen-VL v1, Qwen2-VL, Qwen2.5-VL, Qwen3-VL) is read from config.json. This layer wires the
 processor (text + pixels -> ids), the model and the engine's generate; it holds no model logic.
 """
 
@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from qwenvl import families
 from qwenvl.engine.generate import Generation, generate, prefill_embeds, stream
 from qwenvl.engine.sampling import SamplingParams
 from qwenvl.inputs import ModelInputs
@@ -74,7 +75,8 @@ class Pipeline:
 
     @property
     def family(self) -> str:
-        return self.model.cfg.model_type
+        """The family name (config.FAMILY_NAMES), e.g. for the grounding convention."""
+        return self.model.cfg.family
 
     @property
     def device(self) -> torch.device:
@@ -143,22 +145,12 @@ class Pipeline:
             (Path(folder) / "generation_config.json").write_text(json.dumps(self.generation_config, indent=2))
 
 
-def build_processor(folder: Path, cfg):
-    if cfg.model_type == "qwen":
-        from qwenvl.processing.processor_v1 import QwenV1Processor
-
-        return QwenV1Processor.from_folder(folder, cfg)
-    from qwenvl.processing.processor import Qwen2VLProcessor
-
-    return Qwen2VLProcessor.from_folder(folder, cfg)
-
-
 def load(path: str | Path | None = None, dtype: str | torch.dtype = "float32",
          device: str | torch.device = "cpu") -> Pipeline:
     """Load a checkpoint folder (or the shipped default model) into a ready pipeline."""
     folder = resolve_model(path)
     cfg = read_config(folder)
-    processor = build_processor(folder, cfg)  # fail on a missing tokenizer before reading weights
+    processor = families.of(cfg).build_processor(folder, cfg)  # fail on a missing tokenizer before weights
     model = load_model(folder, _dtype(dtype), device, cfg)
     gen_path = folder / "generation_config.json"
     gen = json.loads(gen_path.read_text()) if gen_path.is_file() else {}

@@ -6,11 +6,9 @@ Before any data is read, the checkpoint's key list is checked against the model:
 unexpected or mis-shaped key is a ValueError that names it (a silently random vision tower is a
 known failure elsewhere).
 
-Accepted layouts:
-  legacy (released Qwen2-VL / 2.5-VL checkpoints): visual.*, model.*, lm_head.weight
-  transformers >= 4.52:                            model.visual.*, model.language_model.*, lm_head.weight
-  Qwen-VL v1 (transformer.*, .bin or safetensors): converted by qwenvl.weights_v1
-We save the legacy layout (what the released checkpoints use and every engine reads).
+The family (qwenvl.families) owns the key names: it maps every accepted layout onto its canonical one
+(legacy visual.* / model.* for Qwen2-style releases, transformer.* for Qwen-VL v1, ...), which is what
+the strict check compares and what we save, and streams canonical tensors onto our module names.
 """
 
 from __future__ import annotations
@@ -24,7 +22,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from qwenvl.config import QwenVLConfig, from_hf_dict, to_hf_dict
+from qwenvl import families
+from qwenvl.config import QwenVLConfig
 
 _ST_DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -42,7 +41,7 @@ def read_config(folder: str | Path) -> QwenVLConfig:
     if not path.is_file():
         raise FileNotFoundError(f"no config.json in checkpoint folder {folder}")
     try:
-        return from_hf_dict(json.loads(path.read_text()))
+        return families.from_hf_dict(json.loads(path.read_text()))
     except json.JSONDecodeError as e:
         raise ValueError(f"{path} is not valid JSON: {e}") from None
 
@@ -127,15 +126,6 @@ def iter_checkpoint(files: list[Path]) -> Iterator[tuple[str, torch.Tensor]]:
             yield from _bin_state(p).items()
 
 
-def hf_to_ours(name: str) -> str:
-    """Map a transformers >= 4.52 key to the legacy layout our modules use."""
-    if name.startswith("model.visual."):
-        return name[len("model."):]
-    if name.startswith("model.language_model."):
-        return "model." + name[len("model.language_model."):]
-    return name
-
-
 def _set_tensor(model: nn.Module, name: str, value: torch.Tensor) -> None:
     mod_name, _, attr = name.rpartition(".")
     mod = model.get_submodule(mod_name)
@@ -161,6 +151,16 @@ def check_keys(expected: dict[str, tuple[int, ...]], found: dict[str, tuple[int,
         raise ValueError(f"checkpoint {where} does not match the model config: " + "; ".join(parts))
 
 
+def checkpoint_shapes(cfg: QwenVLConfig) -> dict[str, tuple[int, ...]]:
+    """Every key and shape a checkpoint for `cfg` holds in its family's canonical layout (a meta-device
+    build: no memory)."""
+    from qwenvl.model.qwenvl import QwenVLModel
+
+    with torch.device("meta"):
+        model = QwenVLModel(cfg)
+    return {k: tuple(v.shape) for k, v in families.of(cfg).export_state(model.state_dict(), cfg).items()}
+
+
 def load_model(folder: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
                cfg: QwenVLConfig | None = None) -> nn.Module:
     """Build the model for `folder`'s config.json and stream its weights in, strictly."""
@@ -171,21 +171,15 @@ def load_model(folder: str | Path, dtype: torch.dtype = torch.float32, device: s
     files = checkpoint_files(folder)
     with torch.device("meta"):
         model = QwenVLModel(cfg)
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    if cfg.model_type == "qwen":
-        from qwenvl.weights_v1 import v1_iter, v1_key_shapes
-
-        found = v1_key_shapes({k: s for k, (s, _) in checkpoint_keys(files).items()}, cfg)
-        tensors = v1_iter(iter_checkpoint(files), cfg)
-    else:
-        raw = {k: s for k, (s, _) in checkpoint_keys(files).items()}
-        found = {hf_to_ours(k): s for k, s in raw.items()}
-        if cfg.tie_word_embeddings:  # some tied checkpoints still carry a copy of the embedding
-            found.pop("lm_head.weight", None)
-        tensors = ((hf_to_ours(k), t) for k, t in iter_checkpoint(files))
+    family = families.of(cfg)
+    ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    # both sides in the family's canonical names, so a refusal names keys as the checkpoint spells them
+    expected = {k: tuple(v.shape) for k, v in family.export_state(model.state_dict(), cfg).items()}
+    found = family.canonical_shapes({k: s for k, (s, _) in checkpoint_keys(files).items()}, cfg)
+    tensors = family.import_tensors(iter_checkpoint(files), cfg)
     check_keys(expected, found, str(folder))
     for name, t in tensors:
-        if name not in expected:
+        if name not in ours:
             continue
         t = t.to(device=device, dtype=dtype if t.is_floating_point() else t.dtype)
         _set_tensor(model, name, t)
@@ -217,11 +211,7 @@ def save_model(model: nn.Module, folder: str | Path, max_shard_bytes: int = 2 * 
     cfg: QwenVLConfig = model.cfg
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach() for k, v in model.state_dict().items()}
-    if cfg.model_type == "qwen":
-        from qwenvl.weights_v1 import v1_export
-
-        state = v1_export(state, cfg)
+    state = families.of(cfg).export_state({k: v.detach() for k, v in model.state_dict().items()}, cfg)
     if dtype is not None:
         state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
     shards: list[dict[str, torch.Tensor]] = [{}]
@@ -243,7 +233,7 @@ def save_model(model: nn.Module, folder: str | Path, max_shard_bytes: int = 2 * 
         _write_json(folder / "model.safetensors.index.json", index)
     for name in names:
         os.replace(folder / (name + ".tmp"), folder / name)
-    hf = to_hf_dict(cfg)
+    hf = families.to_hf_dict(cfg)
     any_param = next(model.parameters())
     hf["torch_dtype"] = hf["dtype"] = str(dtype or any_param.dtype).removeprefix("torch.")
     _write_json(folder / "config.json", hf)

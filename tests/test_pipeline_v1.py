@@ -12,7 +12,7 @@ from PIL import Image
 
 import qwenvl
 from tests.fixtures.qwen2_tokenizer import qwen_tiktoken_path
-from tests.test_weights_v1 import official_state, write_checkpoint
+from tests.families.test_qwen_vl_keys import official_state, write_checkpoint
 
 CFG = {
     "model_type": "qwen", "architectures": ["QWenLMHeadModel"], "vocab_size": 151936, "hidden_size": 128,
@@ -37,7 +37,7 @@ def v1_folder(tmp_path_factory):
 
 def test_v1_chat_end_to_end(v1_folder, tmp_path):
     pipe = qwenvl.load(v1_folder)
-    assert pipe.family == "qwen"
+    assert pipe.family == "qwen_vl"
     img = tmp_path / "red.png"
     Image.fromarray(np.zeros((30, 50, 3), np.uint8)).save(img)
     msgs = [{"role": "user", "content": [{"type": "image", "image": str(img)},

@@ -26,6 +26,7 @@ from typing import Any
 
 from PIL import Image
 
+from qwenvl.config import QWEN_VL
 from qwenvl.data.render import font_fingerprint, resolve_fonts, save_png
 from qwenvl.data.tasks import SPLITS, TASKS, Ctx, sample_rng
 from qwenvl.processing.grounding import FAMILIES
@@ -112,7 +113,7 @@ def _size(image_size: int | Sequence[int]) -> tuple[int, int]:
 
 def resolve_config(seed: int = 0, splits: Sequence[float] | dict[str, float] = (0.8, 0.1, 0.1),
                    image_size: int | Sequence[int] = 224, tasks: Sequence[str] | None = None,
-                   langs: Sequence[str] = ("en", "zh"), family: str = "qwen_vl",
+                   langs: Sequence[str] = ("en", "zh"), family: str = QWEN_VL,
                    difficulty: str | dict[str, Any] | None = None, fonts: Sequence[str] | None = None) -> SynthConfig:
     """Validate the generator arguments into a SynthConfig. difficulty: a level for every task
     ("easy" | "medium" | "hard") or {task: level | {"level": ..., knob: value}}."""
@@ -138,7 +139,7 @@ def resolve_config(seed: int = 0, splits: Sequence[float] | dict[str, float] = (
 def generate(out_dir: str | os.PathLike, n_per_task: int | dict[str, int] = 100, seed: int = 0,
              splits: Sequence[float] | dict[str, float] = (0.8, 0.1, 0.1), image_size: int | Sequence[int] = 224,
              tasks: Sequence[str] | None = None, langs: Sequence[str] = ("en", "zh"), workers: int = 1,
-             family: str = "qwen_vl", difficulty: str | dict[str, Any] | None = None,
+             family: str = QWEN_VL, difficulty: str | dict[str, Any] | None = None,
              fonts: Sequence[str] | None = None, resume: bool = False, progress: bool = True) -> dict:
     """Write the dataset and return its manifest.
 

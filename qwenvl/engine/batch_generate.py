@@ -72,6 +72,6 @@ def generate_batch(model, inputs: list[ModelInputs], params: SamplingParams) -> 
         p = (slot - offset + delta)[:, None]  # [B, 1]: each row's own logical position
         p = p[None].expand(3, b, 1) if mrope else p
         mask = valid[:, None, None, :slot + 1]
-        hidden = model(model.model.embed_tokens(tok[:, None]), p, mask, cache, slot, ntk_len=t)
+        hidden = model(model.embed(tok[:, None]), p, mask, cache, slot, ntk_len=t)
         logits = model.logits(hidden[:, -1]).float()
     return out

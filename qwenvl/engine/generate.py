@@ -28,14 +28,21 @@ class Generation:
 
 
 @torch.no_grad()
-def prefill_embeds(model, inp: ModelInputs) -> tuple[torch.Tensor, float]:
-    """Token embeddings with vision features scattered in: [1, T, D], plus vision seconds."""
-    t0 = time.perf_counter()
+def vision_features(model, inp: ModelInputs) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(image features, video features) of one prompt, each [N_tokens, D'] or None (D' > D with DeepStack)."""
     dev = model.model.embed_tokens.weight.device
     img = model.encode_images(inp.image_pixels.to(dev), inp.image_grid) if inp.image_pixels is not None else None
     vid = model.encode_images(inp.video_pixels.to(dev), inp.video_grid) if inp.video_pixels is not None else None
+    return img, vid
+
+
+@torch.no_grad()
+def prefill_embeds(model, inp: ModelInputs) -> tuple[torch.Tensor, float]:
+    """Token embeddings with vision features scattered in: [1, T, D] (wider with DeepStack), plus vision seconds."""
+    t0 = time.perf_counter()
+    img, vid = vision_features(model, inp)
     vision_s = time.perf_counter() - t0
-    ids = torch.tensor([inp.input_ids], device=dev)
+    ids = torch.tensor([inp.input_ids], device=model.model.embed_tokens.weight.device)
     return model.embed(ids, img, vid), vision_s
 
 
@@ -83,7 +90,7 @@ def stream(model, inp: ModelInputs, params: SamplingParams, stats: Generation | 
             break
         slot = n + step
         seen = torch.cat([seen, torch.tensor([[tok]], device=dev)], dim=1)
-        x = model.model.embed_tokens(torch.tensor([[tok]], device=dev))
+        x = model.embed(torch.tensor([[tok]], device=dev))
         hidden = model(x, _decode_position(inp, slot, dev), None, cache, slot, ntk_len=n)
         logits = model.logits(hidden[:, -1]).float()
 

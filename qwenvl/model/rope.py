@@ -28,13 +28,21 @@ def mrope_axis_map(section: tuple[int, ...], interleaved: bool = False) -> torch
     """For each of the head_dim/2 frequencies, which position axis (0=T, 1=H, 2=W) drives it.
 
     Chunked (Qwen2/2.5-VL), section (16, 24, 24): freqs 0-15 -> T, 16-39 -> H, 40-63 -> W.
-    Interleaved (Qwen3-VL), section (24, 20, 20): freq j -> H if j%3==1, W if j%3==2 (while j < 3*20),
-    else T. i.e. T H W T H W ... T T T T.
+    Interleaved (Qwen3-VL, the reference's `recomposition_frequencies`): freq j -> H if j % 3 == 1 and
+    j < 3 * section[1], W if j % 3 == 2 and j < 3 * section[2], else T. The two bounds differ when the
+    H and W sections do. Example, section (5, 4, 3), 12 freqs: T H W T H W T H W T H T
+    (j = 10 is H since 10 < 12, j = 11 is T since 11 >= 9). Released (24, 20, 20): T H W x 20, then T x 4.
     """
     n = sum(section)
     if not interleaved:
         return torch.tensor([a for a, k in enumerate(section) for _ in range(k)])
-    return torch.tensor([j % 3 if j < 3 * min(section[1], section[2]) and j % 3 else 0 for j in range(n)])
+    axis = [0] * n
+    for j in range(n):
+        if j % 3 == 1 and j < 3 * section[1]:
+            axis[j] = 1
+        elif j % 3 == 2 and j < 3 * section[2]:
+            axis[j] = 2
+    return torch.tensor(axis)
 
 
 def text_cos_sin(

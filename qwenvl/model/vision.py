@@ -1,8 +1,11 @@
-"""Dynamic-resolution ViT of Qwen2-VL and Qwen2.5-VL, with the 2x2 patch merger.
+"""Dynamic-resolution ViT with the 2x2 patch merger (tower "merger": Qwen2-VL and Qwen2.5-VL).
 
 Mirrors transformers' `Qwen2VisionTransformerPretrainedModel` / `Qwen2_5_VisionTransformerPretrainedModel`
 (facts B.1-B.3). Input: packed patches of many images/videos [N, C*T*P*P] plus grid_thw; output:
-merged tokens [N/4, out_hidden] in the same (input) order.
+merged tokens [N/4, out_hidden] in the same (input) order. The generations differ only in knobs read
+here: `norm` (LayerNorm | RMSNorm), `mlp` (plain | gated) and `window_size` (0 = full attention per
+frame); never in a family name. PatchEmbed, VisionAttention and frame_cu_seqlens are shared with the
+Qwen3-VL tower (vision_qwen3.py). Pure tensor code: no I/O.
 """
 
 from __future__ import annotations
@@ -19,10 +22,10 @@ Grid = list[tuple[int, int, int]]
 
 
 class PatchEmbed(nn.Module):
-    """The reference's Conv3d(kernel = stride = (T, P, P), no bias) over flattened patches, as one matmul.
+    """The reference's Conv3d(kernel = stride = (T, P, P)) over flattened patches, as one matmul.
 
     The weight keeps the Conv3d shape [D, C, T, P, P] so checkpoints load unchanged; a patch row is
-    flattened in the same [C, T, P, P] order, so conv == x @ W.flatten(1).T.
+    flattened in the same [C, T, P, P] order, so conv == x @ W.flatten(1).T (+ bias with `patch_bias`).
     """
 
     def __init__(self, cfg: VisionConfig) -> None:
@@ -31,10 +34,13 @@ class PatchEmbed(nn.Module):
         shape = (cfg.hidden_size, cfg.in_channels, cfg.temporal_patch_size, cfg.patch_size, cfg.patch_size)
         self.proj.weight = nn.Parameter(torch.empty(shape))
         nn.init.normal_(self.proj.weight, std=0.02)
+        self.proj.register_parameter("bias", nn.Parameter(torch.zeros(cfg.hidden_size)) if cfg.patch_bias else None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = self.proj.weight
-        return x.to(w.dtype) @ w.flatten(1).t()
+        """x [N, C*T*P*P] -> [N, D]."""
+        w, b = self.proj.weight, self.proj.bias
+        x = x.to(w.dtype)
+        return x @ w.flatten(1).t() if b is None else torch.addmm(b, x, w.flatten(1).t())
 
 
 class VisionAttention(nn.Module):
@@ -55,16 +61,19 @@ class VisionAttention(nn.Module):
         return self.proj(varlen_attention(q, k, v, cu_seqlens, layout).reshape(n, -1))
 
 
+def make_norm(kind: str, dim: int) -> nn.Module:
+    """The ViT / merger norm named by VisionConfig.norm; eps 1e-6 in every released tower."""
+    return nn.LayerNorm(dim, eps=1e-6) if kind == "layernorm" else RMSNorm(dim, eps=1e-6)
+
+
 class VisionBlock(nn.Module):
     def __init__(self, cfg: VisionConfig) -> None:
         super().__init__()
-        if cfg.kind == "qwen2_vl":
-            self.norm1 = nn.LayerNorm(cfg.hidden_size, eps=1e-6)
-            self.norm2 = nn.LayerNorm(cfg.hidden_size, eps=1e-6)
+        self.norm1 = make_norm(cfg.norm, cfg.hidden_size)
+        self.norm2 = make_norm(cfg.norm, cfg.hidden_size)
+        if cfg.mlp == "plain":  # Qwen2-VL: QuickGELU
             self.mlp = PlainMLP(cfg.hidden_size, cfg.intermediate_size, cfg.hidden_act)
-        else:
-            self.norm1 = RMSNorm(cfg.hidden_size, eps=1e-6)
-            self.norm2 = RMSNorm(cfg.hidden_size, eps=1e-6)
+        else:  # Qwen2.5-VL: SwiGLU with biases
             self.mlp = GatedMLP(cfg.hidden_size, cfg.intermediate_size, bias=True, act=cfg.hidden_act)
         self.attn = VisionAttention(cfg)
 
@@ -79,7 +88,7 @@ class PatchMerger(nn.Module):
     def __init__(self, cfg: VisionConfig) -> None:
         super().__init__()
         d = cfg.hidden_size * cfg.spatial_merge_size**2
-        self.ln_q = nn.LayerNorm(cfg.hidden_size, eps=1e-6) if cfg.kind == "qwen2_vl" else RMSNorm(cfg.hidden_size)
+        self.ln_q = make_norm(cfg.norm, cfg.hidden_size)
         self.mlp = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, cfg.out_hidden_size))
         self.unit = d
 
@@ -135,14 +144,14 @@ class VisionTransformer(nn.Module):
         cos, sin = vision_cos_sin(vision_rope_positions(grid, m).to(dev), cfg.head_dim, cfg.rope_theta)
         cu_full = frame_cu_seqlens(grid, dev)
         cu_win, order = cu_full, None
-        if cfg.kind == "qwen2_5_vl":
+        if cfg.window_size:
             win_idx, cu_win = window_index(grid, m, cfg.window_size // m // cfg.patch_size)
             cu_win, unit = cu_win.to(dev), m * m
             # reorder whole merge units so every window is contiguous; RoPE travels with its token
             order = (win_idx.to(dev)[:, None] * unit + torch.arange(unit, device=dev)).flatten()
             x, cos, sin = x[order], cos[order], sin[order]
         lay_full, lay_win = segment_layout(cu_full), segment_layout(cu_win)
-        full = set(cfg.fullatt_block_indexes) if cfg.kind == "qwen2_5_vl" else set(range(cfg.depth))
+        full = set(cfg.fullatt_block_indexes) if cfg.window_size else set(range(cfg.depth))
         for i, blk in enumerate(self.blocks):
             if i in full:
                 x = blk(x, cu_full, cos, sin, lay_full)

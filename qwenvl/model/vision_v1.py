@@ -81,8 +81,8 @@ class Transformer(nn.Module):
 class VisionTransformerV1(nn.Module):
     def __init__(self, cfg: VisionConfig) -> None:
         super().__init__()
-        if cfg.kind != "qwen":
-            raise ValueError(f"VisionTransformerV1 needs a vision config of kind 'qwen', got {cfg.kind!r}")
+        if cfg.tower != "resampler":
+            raise ValueError(f"VisionTransformerV1 needs a vision config with tower 'resampler', got {cfg.tower!r}")
         self.cfg = cfg
         w = cfg.hidden_size
         self.conv1 = nn.Conv2d(cfg.in_channels, w, kernel_size=cfg.patch_size, stride=cfg.patch_size, bias=False)

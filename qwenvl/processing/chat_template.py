@@ -32,6 +32,11 @@ from jinja2 import nodes
 from jinja2.ext import Extension
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from qwenvl.processing.chat_template_qwen3 import QWEN3_VL_TEMPLATE
+
+__all__ = ["QWEN2_VL_TEMPLATE", "QWEN3_VL_TEMPLATE", "RenderedChat", "load_chat_template", "render_chat",
+           "render_chat_segments"]
+
 # Qwen2-VL's template (Qwen2.5-VL ships the same one). Written out readably here; it renders exactly
 # what the official one-line string renders: default system prompt when the first message is not a
 # system message, images as <|vision_start|><|image_pad|><|vision_end|>, videos with <|video_pad|>,
@@ -156,14 +161,36 @@ def render_chat_segments(
     """
     text = render_chat(messages, template, add_generation_prompt=add_generation_prompt, **extra)
     nonce = _fresh_nonce(text)
-    marked, originals = _mark_texts(messages, nonce)
-    try:
-        sentinel_text = render_chat(marked, template, add_generation_prompt=add_generation_prompt, **extra)
-    except Exception as err:  # the template inspects text (e.g. `content | int`) and chokes on a sentinel
-        raise ValueError(f"the chat template cannot render message text opaquely: {err}") from err
+    # Empty texts get a sentinel too (so they have a zero-width span), unless the template tests their
+    # truth value (Qwen3-VL: `loop.first and message.content` before a tool call): then they stay empty.
+    error: Exception | None = None
+    for mark_empty in (True, False):
+        marked, originals = _mark_texts(messages, nonce, mark_empty)
+        try:
+            sentinel_text = render_chat(marked, template, add_generation_prompt=add_generation_prompt, **extra)
+        except Exception as err:  # the template inspects text (e.g. `content | int`) and chokes on a sentinel
+            error = ValueError(f"the chat template cannot render message text opaquely: {err}")
+            error.__cause__ = err
+            continue
+        split = _split_sentinels(sentinel_text, nonce, originals, len(messages))
+        if "".join(piece for piece, _ in split[0]) == text:
+            break
+        error = ValueError(
+            "the chat template alters message text (e.g. trims or splits it), so caller text cannot be "
+            "separated from template text; render_chat_segments needs a template that copies text verbatim"
+        )
+    else:
+        raise error
+    segments, content_spans = split
+    spans = _message_spans(messages, template, text, extra) if with_message_spans else None
+    return RenderedChat(text=text, segments=segments, content_spans=content_spans, message_spans=spans)
 
+
+def _split_sentinels(sentinel_text: str, nonce: str, originals: list[tuple[int, str]],
+                     n_messages: int) -> tuple[list[tuple[str, bool]], list[list[tuple[int, int]]]]:
+    """Put the caller texts back in place of their sentinels: (segments, content spans per message)."""
     segments: list[tuple[str, bool]] = []
-    content_spans: list[list[tuple[int, int]]] = [[] for _ in messages]
+    content_spans: list[list[tuple[int, int]]] = [[] for _ in range(n_messages)]
     pos = 0
     # re.split with one group alternates template text and sentinel indices: [t0, k0, t1, k1, ...].
     parts = re.split(f"\ue000{nonce}:(\\d+)\ue001", sentinel_text)
@@ -178,13 +205,7 @@ def render_chat_segments(
             segments.append((original, False))
         content_spans[message_index].append((pos, pos + len(original)))
         pos += len(original)
-    if "".join(piece for piece, _ in segments) != text:
-        raise ValueError(
-            "the chat template alters message text (e.g. trims or splits it), so caller text cannot be "
-            "separated from template text; render_chat_segments needs a template that copies text verbatim"
-        )
-    spans = _message_spans(messages, template, text, extra) if with_message_spans else None
-    return RenderedChat(text=text, segments=segments, content_spans=content_spans, message_spans=spans)
+    return segments, content_spans
 
 
 def _fresh_nonce(rendered: str) -> str:
@@ -196,11 +217,15 @@ def _fresh_nonce(rendered: str) -> str:
             return nonce
 
 
-def _mark_texts(messages: list[dict[str, Any]], nonce: str) -> tuple[list[dict[str, Any]], list[tuple[int, str]]]:
-    """Copy messages with each caller text replaced by sentinel k; originals[k] = (message index, text)."""
+def _mark_texts(messages: list[dict[str, Any]], nonce: str,
+                mark_empty: bool = True) -> tuple[list[dict[str, Any]], list[tuple[int, str]]]:
+    """Copy messages with each caller text replaced by sentinel k; originals[k] = (message index, text).
+    With mark_empty False, empty texts are left as they are (and get no span)."""
     originals: list[tuple[int, str]] = []
 
     def sentinel(index: int, value: str) -> str:
+        if not value and not mark_empty:
+            return value
         originals.append((index, value))
         return f"\ue000{nonce}:{len(originals) - 1}\ue001"
 

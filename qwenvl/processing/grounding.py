@@ -35,12 +35,13 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-FAMILIES = ("qwen_vl", "qwen2_vl", "qwen2_5_vl", "qwen3_vl")
-_ALIASES = {"qwen": "qwen_vl", "qwen3_vl_moe": "qwen3_vl"}  # config.json model_type -> box convention
+from qwenvl.config import FAMILY_NAMES, QWEN2_5_VL, QWEN2_VL, QWEN3_VL, QWEN_VL
+
+FAMILIES = FAMILY_NAMES  # every family has a box convention, named as the family
 # (ref open, ref close, box open, box close) of the tag-based families.
 _TAGS = {
-    "qwen_vl": ("<ref>", "</ref>", "<box>", "</box>"),
-    "qwen2_vl": ("<|object_ref_start|>", "<|object_ref_end|>", "<|box_start|>", "<|box_end|>"),
+    QWEN_VL: ("<ref>", "</ref>", "<box>", "</box>"),
+    QWEN2_VL: ("<|object_ref_start|>", "<|object_ref_end|>", "<|box_start|>", "<|box_end|>"),
 }
 _NUM = r"[-+]?\d+(?:\.\d+)?"
 _CORNERS = re.compile(rf"\s*\(\s*({_NUM})\s*,\s*({_NUM})\s*\)\s*,\s*\(\s*({_NUM})\s*,\s*({_NUM})\s*\)\s*")
@@ -69,7 +70,6 @@ class Box:
 
 
 def _family(family: str) -> str:
-    family = _ALIASES.get(family, family)
     if family not in FAMILIES:
         raise ValueError(f"unknown grounding family {family!r}; expected one of {FAMILIES}")
     return family
@@ -83,12 +83,12 @@ def _size(size: Sequence[float] | None, what: str) -> tuple[int, int]:
 
 def _grid(family: str, input_size: Sequence[float] | None) -> tuple[int, int, int, int]:
     """(units across x, units across y, max formatted x, max formatted y) for a family."""
-    if family == "qwen2_5_vl":
+    if family == QWEN2_5_VL:
         if input_size is None:
             raise ValueError("qwen2_5_vl boxes are pixels of the resized model input: pass input_size=(w, h)")
         w, h = _size(input_size, "input_size")
         return w, h, w, h
-    top = 1000 if family == "qwen3_vl" else 999
+    top = 1000 if family == QWEN3_VL else 999
     return 1000, 1000, top, top
 
 

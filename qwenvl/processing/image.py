@@ -1,8 +1,10 @@
-"""Image preprocessing for Qwen-VL v1 (fixed 448x448) and Qwen2-VL / Qwen2.5-VL (dynamic resolution).
+"""Image preprocessing for Qwen-VL v1 (fixed 448x448) and Qwen2-VL / 2.5-VL / 3-VL (dynamic resolution).
 
 Mirrors transformers' `Qwen2VLImageProcessor` (PIL path) and qwen-vl-utils `fetch_image` as described in
-architecture-facts A.4 and B.1/B.4: smart_resize -> PIL BICUBIC -> /255 -> CLIP normalise -> patches in
+architecture-facts A.4 and B.1/B.4: smart_resize -> PIL BICUBIC -> /255 -> normalise -> patches in
 the (t, h/2, w/2, 2, 2) merge-block order with each patch's features in [C, T, ph, pw] order.
+Qwen3-VL uses the same processor class with other numbers (facts C): patch 16 (factor 32),
+mean = std = 0.5 and a pixel budget of 65536 .. 16777216 (`QWEN3_VL_IMAGE`).
 
 Must not: import the model, fetch anything over the network, or touch global PIL settings
 (e.g. LOAD_TRUNCATED_IMAGES): a truncated file is an error, never a half-grey image.
@@ -12,10 +14,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import io
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +33,11 @@ MAX_PIXELS = 28 * 28 * 16384  # the released preprocessor_config.json value (the
 MAX_RATIO = 200
 # A side of one pixel is a line, not an image; we refuse it rather than bicubic-smear it into a 28 px strip.
 MIN_IMAGE_SIDE = 2
+# Qwen3-VL-*-Instruct preprocessor_config.json (third-party copies agree): size {shortest_edge 65536,
+# longest_edge 16777216} (64 .. 16384 LLM tokens at factor 32), patch 16, mean = std = 0.5.
+QWEN3_VL_MEAN = QWEN3_VL_STD = (0.5, 0.5, 0.5)
+QWEN3_VL_MIN_PIXELS = 65536
+QWEN3_VL_MAX_PIXELS = 16777216
 
 ImageSource = str | os.PathLike | bytes | bytearray | memoryview | Image.Image | np.ndarray
 
@@ -40,7 +48,8 @@ def _is_int(v: Any) -> bool:
 
 @dataclass(frozen=True)
 class ImageProcessorConfig:
-    """Qwen2-VL / Qwen2.5-VL image processor settings; field names are the preprocessor_config.json keys."""
+    """Qwen2-VL / 2.5-VL / 3-VL image processor settings; field names are the preprocessor_config.json keys
+    (image_processor_type / processor_class only round-trip a checkpoint's identity)."""
 
     patch_size: int = 14
     temporal_patch_size: int = 2
@@ -49,6 +58,9 @@ class ImageProcessorConfig:
     max_pixels: int = MAX_PIXELS
     image_mean: tuple[float, float, float] = OPENAI_CLIP_MEAN
     image_std: tuple[float, float, float] = OPENAI_CLIP_STD
+    # identity only: not part of equality (two configs that process alike are equal)
+    image_processor_type: str = field(default="Qwen2VLImageProcessor", compare=False)
+    processor_class: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         for name in ("patch_size", "temporal_patch_size", "merge_size", "min_pixels", "max_pixels"):
@@ -71,8 +83,9 @@ class ImageProcessorConfig:
         return self.patch_size * self.merge_size
 
     @classmethod
-    def from_preprocessor_config(cls, d: dict) -> ImageProcessorConfig:
-        """Read a Hugging Face preprocessor_config.json dict; its values beat our defaults.
+    def from_preprocessor_config(cls, d: dict, defaults: ImageProcessorConfig | None = None) -> ImageProcessorConfig:
+        """Read a Hugging Face preprocessor_config.json dict; its values beat `defaults` (e.g. QWEN3_VL_IMAGE;
+        the Qwen2-VL values when None).
 
         The pixel budget has two spellings: released checkpoints write top-level `min_pixels`/`max_pixels`;
         transformers >= 5 writes `size: {shortest_edge, longest_edge}` (pixel counts despite the names;
@@ -100,12 +113,14 @@ class ImageProcessorConfig:
                 if not isinstance(d[k], (list, tuple)):
                     raise ValueError(f"preprocessor config {k!r} must be a list of 3 numbers, got {d[k]!r}")
                 kw[k] = tuple(d[k])
-        return cls(**kw)
+        kw.update({k: d[k] for k in ("image_processor_type", "processor_class") if isinstance(d.get(k), str)})
+        return dataclasses.replace(defaults or cls(), **kw)
 
     def to_preprocessor_config(self) -> dict:
-        """The official preprocessor_config.json keys (both budget spellings, so old and new loaders agree)."""
-        return {
-            "image_processor_type": "Qwen2VLImageProcessor",
+        """The official preprocessor_config.json keys (both budget spellings, so old and new loaders agree:
+        transformers 4.5x reads min/max_pixels, 5.x size; Qwen3-VL's own file carries only size)."""
+        out = {
+            "image_processor_type": self.image_processor_type,
             "do_resize": True,
             "resample": int(Image.Resampling.BICUBIC),
             "do_rescale": True,
@@ -121,6 +136,15 @@ class ImageProcessorConfig:
             "image_mean": list(self.image_mean),
             "image_std": list(self.image_std),
         }
+        if self.processor_class is not None:
+            out["processor_class"] = self.processor_class
+        return out
+
+
+QWEN3_VL_IMAGE = ImageProcessorConfig(
+    patch_size=16, min_pixels=QWEN3_VL_MIN_PIXELS, max_pixels=QWEN3_VL_MAX_PIXELS, image_mean=QWEN3_VL_MEAN,
+    image_std=QWEN3_VL_STD, image_processor_type="Qwen2VLImageProcessorFast", processor_class="Qwen3VLProcessor",
+)
 
 
 def smart_resize(

@@ -4,7 +4,8 @@ Accepted content parts (a message's content may also be a plain string):
   {"type": "text", "text": ...}
   {"type": "image", "image": path | PIL image | data URL | bytes, ["min_pixels", "max_pixels"]}
   {"type": "image_url", "image_url": {"url": ...} | str}            (OpenAI)
-  {"type": "video", "video": path | list of frames, ["fps", "nframes", "max_pixels", ...]}
+  {"type": "video", "video": path | list of frames | uint8 array, ["fps", "nframes", "max_pixels", ...,
+                                                                  "source_fps"]}
   {"type": "video_url", "video_url": {"url": ...} | str}
 Must not: load pixels (that is image.py / video.py) or know a tokenizer.
 """

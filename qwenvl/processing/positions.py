@@ -1,10 +1,14 @@
-"""Decoder position ids: M-RoPE (T, H, W) for Qwen2-VL / Qwen2.5-VL, plain 1-D for v1.
+"""Decoder position ids: M-RoPE (T, H, W) for Qwen2-VL / Qwen2.5-VL / Qwen3-VL, plain 1-D for v1.
 
 Computed here, once per request, from token ids and vision grids; the model never rebuilds them.
-Semantics follow the released models' reference code (transformers <= 4.5x, vLLM): text after a
-vision item continues at max(previous positions) + 1. transformers 5.x instead continues at
-start + max(h, w)/merge, which differs only for videos whose temporal ids outrun the spatial extent
-(see tests/processing/test_positions.py); we keep the semantics the models were trained with.
+Semantics follow the released models' reference code (transformers 4.51, vLLM): text after a vision
+item continues at max(previous positions) + 1, and Qwen2.5-VL's temporal id is
+long(t * second_per_grid * tokens_per_second) in float. Later references drift, each pinned by
+tests/processing/test_video_reference.py: transformers 5.x continues text at start + max(h, w)/merge
+(differs for videos whose temporal ids outrun the spatial extent), and 4.57 truncates second_per_grid
+to an int first (all temporal ids 0 when a grid spans under a second, e.g. 2 frames at 3 fps).
+Qwen3-VL (`split_video_groups`): each temporal patch of a video is its own (1, h, w) item with its own
+placeholder run, separated by timestamp text, so its T ids all equal its start and the semantics agree.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ class RopeSpec:
     spatial_merge_size: int = 2
     absolute_time: bool = False  # Qwen2.5-VL: temporal id = t * second_per_grid * tokens_per_second
     tokens_per_second: float = 2.0
+    split_video_groups: bool = False  # Qwen3-VL: video (t, h, w) -> t items (1, h, w), one run each
 
 
 def mrope_positions(ids: list[int] | torch.Tensor, spec: RopeSpec, image_grids: list[tuple[int, int, int]] = (),
@@ -34,7 +39,13 @@ def mrope_positions(ids: list[int] | torch.Tensor, spec: RopeSpec, image_grids: 
       T: 0 1 2 | 3 3 3 3 3 3 | 6 7     (text resumes at max + 1 = 6)
       H: 0 1 2 | 3 3 3 4 4 4 | 6 7
       W: 0 1 2 | 3 4 5 3 4 5 | 6 7
+    With spec.split_video_groups a video grid (t, h, w) is read as t grids (1, h, w), each with its own
+    placeholder run (and second_per_grid entry), as Qwen3-VL's processor lays them out.
     """
+    if spec.split_video_groups:
+        second_per_grid = [s for (t, _, _), s in zip(video_grids, second_per_grid or [1.0] * len(video_grids),
+                                                      strict=False) for _ in range(t)]
+        video_grids = [(1, h, w) for t, h, w in video_grids for _ in range(t)]
     ids_t = torch.as_tensor(ids).long()
     n, m = ids_t.numel(), spec.spatial_merge_size
     kind = torch.zeros(n, dtype=torch.long)

@@ -30,6 +30,8 @@ def _stand_in(source, k: int, span: int) -> str:
 
 
 class QwenV1Processor:
+    prompt_format = "chatml_v1"  # make_context turns, not a Jinja template (train/masks.py builds labels by it)
+
     def __init__(self, cfg: QwenVLConfig, tokenizer: QwenV1Tokenizer, chat_format: str = "chatml",
                  tiktoken_path: Path | None = None) -> None:
         self.cfg = cfg
@@ -86,3 +88,7 @@ class QwenV1Processor:
 
     def input_sizes(self, inputs: ModelInputs) -> list[tuple[int, int]]:
         return []  # v1 boxes are per-mille of the original image
+
+    def text_positions(self, n: int) -> torch.Tensor:
+        """Positions of n text-only tokens: 1-D RoPE."""
+        return torch.arange(n)

@@ -28,13 +28,10 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import torch
-
 from qwenvl.data.formats import to_record
 from qwenvl.inputs import ModelInputs
 from qwenvl.processing.chat_v1 import RESPONSE_TAGS
 from qwenvl.processing.image import load_image
-from qwenvl.processing.processor_v1 import QwenV1Processor
 from qwenvl.train.masks import TrainExample, build_example
 
 PathLike = str | Path
@@ -295,7 +292,7 @@ class TextDataset(RecordDataset):
                  seed: int = 0, shuffle: bool = True, keep: Callable[[dict], bool] | None = None) -> None:
         super().__init__(load_entries(source, None, keep), max_len, seed=seed, shuffle=shuffle)
         self.processor = processor
-        self.v1 = isinstance(processor, QwenV1Processor)
+        self.v1 = processor.prompt_format == "chatml_v1"  # v1 answers keep grounding tags as special tokens
         tok = processor.tokenizer
         self.eod_id = tok.eod_id if self.v1 else tok.token_id("<|endoftext|>")
 
@@ -318,8 +315,7 @@ class TextDataset(RecordDataset):
             else:
                 ids += tok.encode(text, allow_special=False)
         ids.append(self.eod_id)
-        pos = torch.arange(len(ids))
-        inputs = ModelInputs(input_ids=ids, positions=pos if self.v1 else pos.expand(3, -1).clone(),
+        inputs = ModelInputs(input_ids=ids, positions=self.processor.text_positions(len(ids)),
                              text="\n".join(text for _, text in turns))
         return TrainExample(inputs, list(ids))
 

@@ -2,7 +2,8 @@
 
 Every parameter belongs to one group:
   vision   the ViT (v1: conv1, positional_embedding, ln_pre, transformer.*, ln_post, proj; v2: patch_embed, blocks)
-  adapter  what maps ViT features into the LLM (v1: the resampler `visual.attn_pool`; v2: `visual.merger`)
+  adapter  what maps ViT features into the LLM (the family's adapter_prefixes: v1 the resampler
+           `visual.attn_pool`; Qwen2/2.5-VL `visual.merger`; Qwen3-VL also `visual.deepstack_merger_list`)
   llm      model.* and lm_head
 v1's ln_post and proj sit after the resampler but belong to the tower in the official code, and the
 official finetune's `fix_vit` leaves them frozen (facts A.10), so they count as vision here.
@@ -25,6 +26,7 @@ from dataclasses import replace
 import torch
 from torch import nn
 
+from qwenvl import families
 from qwenvl.train.config import GROUPS, StageConfig
 
 POLICIES: dict[str, frozenset[str]] = {
@@ -35,14 +37,13 @@ POLICIES: dict[str, frozenset[str]] = {
     "fix_vit": frozenset({"adapter", "llm"}),
     "full": frozenset(GROUPS),
 }
-ADAPTER_PREFIX = {"qwen": "visual.attn_pool.", "qwen2_vl": "visual.merger.", "qwen2_5_vl": "visual.merger."}
 
 
-def param_group(name: str, model_type: str) -> str:
-    """'vision' | 'adapter' | 'llm' for a parameter name of QwenVLModel."""
+def param_group(name: str, adapter_prefixes: tuple[str, ...]) -> str:
+    """'vision' | 'adapter' | 'llm' for a parameter name of QwenVLModel (prefixes: the family's adapter)."""
     if not name.startswith("visual."):
         return "llm"
-    return "adapter" if name.startswith(ADAPTER_PREFIX[model_type]) else "vision"
+    return "adapter" if name.startswith(adapter_prefixes) else "vision"
 
 
 def trainable_groups(stage: StageConfig) -> frozenset[str]:
@@ -51,10 +52,10 @@ def trainable_groups(stage: StageConfig) -> frozenset[str]:
 
 def apply_policy(model: nn.Module, groups: frozenset[str] | set[str]) -> dict[str, int]:
     """Set requires_grad by group; returns trainable parameter counts per group."""
-    model_type = model.cfg.model_type
+    prefixes = families.of(model.cfg).adapter_prefixes
     counts = dict.fromkeys(GROUPS, 0)
     for name, p in model.named_parameters():
-        g = param_group(name, model_type)
+        g = param_group(name, prefixes)
         p.requires_grad_(g in groups)
         if g in groups:
             counts[g] += p.numel()
@@ -70,7 +71,7 @@ def set_image_size(model: nn.Module, image_size: int, resize_pos_embed: bool) ->
     export's config.json says the new image_size / pos_embed_grid.
     """
     cfg = model.cfg
-    if cfg.model_type != "qwen":
+    if not families.of(cfg).fixed_resolution:
         raise ValueError("stage.image_size applies to the fixed-resolution v1 tower only (v2 takes a pixel "
                          "budget: set data.min_pixels / data.max_pixels)")
     vis = cfg.vision

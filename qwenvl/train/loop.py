@@ -94,7 +94,7 @@ def default_data(cfg: TrainConfig, split: str, model_cfg) -> DataSource | None:
     """
     from dataclasses import replace
 
-    from qwenvl.pipeline import build_processor
+    from qwenvl import families
     from qwenvl.train.collate import collate
     from qwenvl.train.data import Mixture, SFTDataset, TextDataset
 
@@ -105,9 +105,10 @@ def default_data(cfg: TrainConfig, split: str, model_cfg) -> DataSource | None:
     folder = d.tokenizer or cfg.model.init
     if not folder:
         raise ValueError("set data.tokenizer to the folder with the tokenizer files (the model is built from scratch)")
-    if d.image_size and model_cfg.model_type == "qwen":
+    family = families.of(model_cfg)
+    if d.image_size and family.fixed_resolution:
         model_cfg = model_cfg.replace(vision=replace(model_cfg.vision, image_size=d.image_size))
-    processor = build_processor(Path(folder), model_cfg)
+    processor = family.build_processor(Path(folder), model_cfg)
     # val is shuffled too (a fixed order per seed, replayed at every evaluation): synth files are grouped
     # by task, so the first eval_batches in file order would score one task only
     kw: dict[str, Any] = {"seed": cfg.run.seed, "shuffle": True}
@@ -117,7 +118,7 @@ def default_data(cfg: TrainConfig, split: str, model_cfg) -> DataSource | None:
     kind = SFTDataset if d.format == "chat" else TextDataset
     if d.format == "chat" and d.drop_media:
         kw["drop_media"] = True
-    if d.format == "chat" and model_cfg.model_type != "qwen":
+    if d.format == "chat" and not family.fixed_resolution:
         budget = {k: v for k, v in (("min_pixels", d.min_pixels), ("max_pixels", d.max_pixels)) if v}
         kw["template_vars"] = budget or None
     if split == "train" and tasks and d.format == "chat":
@@ -155,7 +156,7 @@ def init_weights(model: nn.Module, std: float) -> None:
 
 def build_model(cfg: TrainConfig) -> nn.Module:
     """model.init (a checkpoint folder) or a seeded random model from model.config / model.arch."""
-    from qwenvl.config import from_hf_dict
+    from qwenvl.families import from_hf_dict
     from qwenvl.model.qwenvl import QwenVLModel
     from qwenvl.weights import load_model
 
@@ -170,12 +171,10 @@ def build_model(cfg: TrainConfig) -> nn.Module:
 
 
 def dummy_vision_input(model_cfg) -> tuple[torch.Tensor, list[tuple[int, int, int]]]:
-    """The smallest input the tower accepts: v1 a 2x2-patch image, v2 one 1x2x2 merge block."""
-    v = model_cfg.vision
-    if model_cfg.model_type == "qwen":
-        return torch.zeros(1, v.in_channels, 2 * v.patch_size, 2 * v.patch_size), []
-    m = v.spatial_merge_size
-    return torch.zeros(m * m, v.in_channels * v.temporal_patch_size * v.patch_size ** 2), [(1, m, m)]
+    """The smallest input the tower accepts (the family says which: v1 a 2x2-patch image, else one merge block)."""
+    from qwenvl import families
+
+    return families.of(model_cfg).dummy_vision_input(model_cfg)
 
 
 class LossModule(nn.Module):

@@ -29,7 +29,7 @@ from qwenvl.inputs import ModelInputs
 from qwenvl.processing.chat_template import render_chat_segments
 from qwenvl.processing.chat_v1 import RESPONSE_TAGS, list_pieces, messages_to_v1
 from qwenvl.processing.messages import normalize_messages
-from qwenvl.processing.processor import Qwen2VLProcessor
+from qwenvl.processing.processor import Qwen2VLProcessor, count_video_placeholders, insert_video_timestamps
 from qwenvl.processing.processor_v1 import QwenV1Processor
 from qwenvl.processing.tokenizer_v1 import IM_END, IM_START, IMAGE_TAGS
 from qwenvl.train.batch import IGNORE
@@ -63,13 +63,15 @@ def build_example(processor: Qwen2VLProcessor | QwenV1Processor, messages: list[
     if not isinstance(messages, list) or not messages or not isinstance(messages[-1], dict) \
             or messages[-1].get("role") != "assistant":
         raise ValueError("a training conversation must end with an assistant message")
-    if isinstance(processor, QwenV1Processor):
+    fmt = getattr(processor, "prompt_format", None)
+    if fmt == "chatml_v1":
         if template_vars:
             raise ValueError(f"Qwen-VL v1 has no chat-template variables, got {sorted(template_vars)}")
         return _build_v1(processor, messages)
-    if isinstance(processor, Qwen2VLProcessor):
+    if fmt == "template":
         return _build_v2(processor, messages, **template_vars)
-    raise TypeError(f"build_example needs a Qwen2VLProcessor or QwenV1Processor, got {type(processor).__name__}")
+    raise TypeError(f"build_example needs a processor with prompt_format 'template' or 'chatml_v1', "
+                    f"got {type(processor).__name__}")
 
 
 # ----------------------------------------------------------------------------- Qwen2-VL / 2.5-VL
@@ -120,8 +122,14 @@ def _build_v2(proc: Qwen2VLProcessor, messages: list[dict], **template_vars: Any
 
     ids: list[int] = []
     labels: list[int] = []
+    plain: list[int] = []  # the same pieces without video timestamps: the token-edge check below
+    stamps = list(inputs.video_timestamps)  # Qwen3-VL: timestamp text goes where the processor puts it
     for a, b in zip(cuts, cuts[1:], strict=False):
-        piece = tok.encode_segments(_slice_segments(rendered.segments, a, b))
+        segs = _slice_segments(rendered.segments, a, b)
+        plain += tok.encode_segments(segs)
+        if proc.video_timestamps and (n := count_video_placeholders(segs)):
+            segs, stamps = insert_video_timestamps(segs, stamps[:n]), stamps[n:]
+        piece = tok.encode_segments(segs)
         if (a, b) in content:
             lab = list(piece)
         elif (a, b) in tails:
@@ -133,7 +141,7 @@ def _build_v2(proc: Qwen2VLProcessor, messages: list[dict], **template_vars: Any
             lab = [IGNORE] * len(piece)
         ids += piece
         labels += lab
-    if ids != tok.encode_segments(rendered.segments):
+    if plain != tok.encode_segments(rendered.segments):
         raise ValueError("a turn edge falls inside a token (e.g. an assistant answer starting with whitespace "
                          "that merges with the header's '\\n'); labels would be inexact, so the sample is refused")
     ids, labels = _expand(proc, ids, labels, inputs)
@@ -145,9 +153,8 @@ def _build_v2(proc: Qwen2VLProcessor, messages: list[dict], **template_vars: Any
 def _expand(proc: Qwen2VLProcessor, ids: list[int], labels: list[int],
             inputs: ModelInputs) -> tuple[list[int], list[int]]:
     """Expand each vision placeholder into its slots (as Qwen2VLProcessor.expand does); slots are IGNORE."""
-    unit = proc.cfg.vision.spatial_merge_size ** 2
-    counts = {proc.cfg.image_token_id: iter([t * h * w // unit for t, h, w in inputs.image_grid]),
-              proc.cfg.video_token_id: iter([t * h * w // unit for t, h, w in inputs.video_grid])}
+    images, videos = proc.slot_counts(inputs.image_grid, inputs.video_grid)
+    counts = {proc.cfg.image_token_id: iter(images), proc.cfg.video_token_id: iter(videos)}
     out_ids: list[int] = []
     out_labels: list[int] = []
     for tok, lab in zip(ids, labels, strict=True):

@@ -25,7 +25,7 @@ _NO_DECAY_NAMES = ("embed_tokens.weight", "positional_embedding", "attn_pool.que
 _V1_BLOCK = re.compile(r"visual\.transformer\.resblocks\.(\d+)\.")
 _V2_BLOCK = re.compile(r"visual\.blocks\.(\d+)\.")
 _V1_STEM = ("visual.conv1.", "visual.positional_embedding", "visual.ln_pre.")
-_V2_STEM = ("visual.patch_embed.",)
+_V2_STEM = ("visual.patch_embed.", "visual.pos_embed.")  # pos_embed: Qwen3-VL
 
 
 _PEFT_WRAP = re.compile(r"\.(base_layer|original_module|modules_to_save\.\w+)\.")

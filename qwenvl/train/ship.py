@@ -105,16 +105,10 @@ def plot(run: Path, evals: dict[str, dict], dest: Path) -> Path | None:
 
 
 def generation_config(config: dict) -> dict:
-    """Greedy defaults; v1 stops at <|im_end|> through chat_format, v2 lists <|im_end|> and <|endoftext|>."""
-    if config.get("model_type") == "qwen":
-        eod = config["eos_token_id"]
-        return {"chat_format": "chatml", "eos_token_id": eod, "pad_token_id": eod, "do_sample": False,
-                "max_new_tokens": 64}
-    text = config.get("text_config", config)
-    bos = text.get("bos_token_id", config.get("bos_token_id"))
-    eos = text.get("eos_token_id", config.get("eos_token_id"))
-    return {"bos_token_id": bos, "eos_token_id": [eos, bos], "pad_token_id": bos, "do_sample": False,
-            "max_new_tokens": 64}
+    """Greedy defaults for the shipped checkpoint, as its family states them."""
+    from qwenvl import families
+
+    return families.for_model_type(config.get("model_type")).generation_config(config)
 
 
 def ship(run: str | Path, dest: str | Path, recipes: list[str], root: str | Path = ".") -> Path:

@@ -13,10 +13,12 @@ Must not: train a vocabulary (tokenizer_train does), read data or touch the mode
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 from tokenizers import AddedToken, Tokenizer, models
 
+from qwenvl.config import QWEN2_5_VL
 from qwenvl.processing.chat_template import QWEN2_VL_TEMPLATE
 from qwenvl.processing.image import ImageProcessorConfig
 from qwenvl.processing.tokenizer_v1 import load_ranks
@@ -51,9 +53,16 @@ def ranks_to_tokenizer(ranks: dict[bytes, int], specials: tuple[str, ...] = QWEN
 
 
 def write_qwen2_tokenizer(ranks_path: str | Path, folder: str | Path, min_pixels: int = 56 * 56,
-                          max_pixels: int = 140 * 140) -> Path:
+                          max_pixels: int = 140 * 140, family: str = QWEN2_5_VL, video_frames: int = 4) -> Path:
     """Write tokenizer.json, tokenizer_config.json (chat template, eos <|im_end|>, pad <|endoftext|>) and
-    (video_)preprocessor_config.json with the pixel budget into `folder`; returns the folder."""
+    (video_)preprocessor_config.json with the pixel budget into `folder`; returns the folder.
+
+    family: whose processing defaults (patch size, normalisation, template) the files carry; Qwen3-VL
+    budgets a whole clip, set here to video_frames frames of max_pixels each.
+    """
+    from qwenvl import families
+
+    defaults = families.get(family).processing_defaults()
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     ranks = load_ranks(ranks_path)
@@ -64,11 +73,17 @@ def write_qwen2_tokenizer(ranks_path: str | Path, folder: str | Path, min_pixels
     config = {"added_tokens_decoder": decoder, "additional_special_tokens": list(QWEN2_VL_SPECIALS[1:]),
               "bos_token": None, "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>", "errors": "replace",
               "model_max_length": 32768, "padding_side": "left", "split_special_tokens": False,
-              "tokenizer_class": "Qwen2Tokenizer", "unk_token": None, "chat_template": QWEN2_VL_TEMPLATE}
+              "tokenizer_class": "Qwen2Tokenizer", "unk_token": None,
+              "chat_template": defaults.get("default_template", QWEN2_VL_TEMPLATE)}
     (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
-    pre = ImageProcessorConfig(min_pixels=min_pixels, max_pixels=max_pixels).to_preprocessor_config()
-    (folder / "preprocessor_config.json").write_text(json.dumps(pre, indent=2) + "\n")
+    image = replace(defaults.get("image_cfg", ImageProcessorConfig()), min_pixels=min_pixels, max_pixels=max_pixels)
+    (folder / "preprocessor_config.json").write_text(json.dumps(image.to_preprocessor_config(), indent=2) + "\n")
     # the same budget for video frames (the official video minimum, 100k pixels, would upscale tiny frames)
-    vid = VideoOptions(min_pixels=min_pixels, max_pixels=max_pixels).to_video_preprocessor_config()
+    video = defaults.get("video_opts", VideoOptions())
+    if isinstance(video, VideoOptions):
+        vid = replace(video, min_pixels=min_pixels, max_pixels=max_pixels).to_video_preprocessor_config()
+    else:  # Qwen3-VL: one budget for the clip
+        vid = replace(video, clip_min_pixels=min_pixels, clip_max_pixels=max_pixels * video_frames
+                      ).to_video_preprocessor_config(image)
     (folder / "video_preprocessor_config.json").write_text(json.dumps(vid, indent=2) + "\n")
     return folder

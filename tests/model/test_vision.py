@@ -11,8 +11,8 @@ from qwenvl.model.qwenvl import QwenVLModel
 
 def test_tower_runs_under_bf16_autocast_and_matches_fp32():
     torch.manual_seed(0)
-    vision = VisionConfig(kind="qwen2_5_vl", depth=2, hidden_size=32, num_heads=2, intermediate_size=48,
-                          out_hidden_size=64, fullatt_block_indexes=(1,), window_size=56)
+    vision = VisionConfig(tower="merger", norm="rmsnorm", mlp="gated", depth=2, hidden_size=32, num_heads=2,
+                          intermediate_size=48, out_hidden_size=64, fullatt_block_indexes=(1,), window_size=56)
     text = TextConfig(vocab_size=256, hidden_size=64, intermediate_size=96, num_hidden_layers=1,
                       num_attention_heads=4, num_key_value_heads=2, mrope_section=(2, 3, 3))
     model = QwenVLModel(QwenVLConfig(vision=vision, text=text, image_token_id=241, video_token_id=242,

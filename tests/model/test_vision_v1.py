@@ -13,8 +13,8 @@ from torch import nn
 from qwenvl.config import VisionConfig
 from qwenvl.model.vision_v1 import InterleavedAttention, VisionTransformerV1
 
-CFG = VisionConfig(kind="qwen", depth=2, hidden_size=48, num_heads=4, intermediate_size=96, out_hidden_size=256,
-                   hidden_act="gelu", patch_size=14, image_size=84, n_queries=16)
+CFG = VisionConfig(tower="resampler", window_size=0, depth=2, hidden_size=48, num_heads=4, intermediate_size=96,
+                   out_hidden_size=256, hidden_act="gelu", patch_size=14, image_size=84, n_queries=16)
 
 
 def randomize_(mod: nn.Module, seed: int) -> None:

@@ -1,10 +1,10 @@
 """Video preprocessing: qwen-vl-utils frame sampling, pixel budget, patches, PyAV decoding, bad input.
 
-transformers' Qwen2VLVideoProcessor imports torchvision, which this environment lacks, so the pixel
-check compares against the image path frame by frame: exactly where no resize happens, and within one
-uint8 level where it does (we resize video like torchvision on CPU, torch's uint8 bicubic-antialias
-kernel; images go through PIL bicubic). If torchvision is importable, an extra test compares with
-transformers' video processor directly (a one-off run with torchvision 0.28 matched to 2.4e-7).
+transformers' video processors import torchvision, which does not import beside this project's torch;
+the direct comparison with them runs from stored reference values in test_video_reference.py (made
+once in a separate environment). Here the pixels are also checked against the image path frame by
+frame: exactly where no resize happens, and within one uint8 level where it does (we resize video like
+torchvision on CPU, torch's uint8 bicubic-antialias kernel; images go through PIL bicubic).
 """
 
 from __future__ import annotations
@@ -15,15 +15,18 @@ import pytest
 import torch
 from PIL import Image
 
-from qwenvl.processing.image import ImageProcessorConfig, process_image
+from qwenvl.processing.image import QWEN3_VL_IMAGE, ImageProcessorConfig, process_image
 from qwenvl.processing.video import (
     VideoOptions,
     frame_pixel_budget,
     load_video,
+    preprocess_video,
     process_video,
+    read_video,
     sample_indices,
     smart_nframes,
 )
+from qwenvl.processing.video_qwen3 import QWEN3_VL_VIDEO
 
 CFG = ImageProcessorConfig()
 STEP = 8  # colour step per frame index, large against codec error at this size
@@ -135,6 +138,24 @@ def test_process_video_file_grid_and_seconds_per_grid(tmp_path):
     assert grid == (2, 20, 28) and spg == pytest.approx(2 / (4 / 3))
 
 
+def test_qwen3_rules_sample_a_file_without_rounding_to_even(tmp_path):
+    path = tmp_path / "clip.mp4"
+    write_video(path, n=25)
+    video = preprocess_video(path, QWEN3_VL_IMAGE, QWEN3_VL_VIDEO)
+    assert video.frame_indices == [0, 6, 12, 18, 24] and video.video_fps == pytest.approx(10.0)  # int(25/10*2) = 5
+    # 48x64 -> 64x64: round(48 / 32) = round(1.5) = 2 (round half to even)
+    assert video.grid == (3, 4, 4) and video.timestamps == pytest.approx([0.3, 1.5, 2.4])
+    assert read_video(path, VideoOptions()).indices == [0, 8, 16, 24]  # qwen-vl-utils: floor to even
+
+
+def test_a_whole_clip_array_with_source_fps_is_sampled_like_a_file():
+    clip = noise_frames(30, 8, 8)
+    v = read_video(clip, VideoOptions(), source_fps=10.0)
+    assert v.indices == [0, 6, 12, 17, 23, 29] and v.sample_fps == pytest.approx(2.0)
+    assert np.array_equal(v.frames, clip[v.indices])
+    assert read_video(clip, VideoOptions()).indices == list(range(30))  # without it: frames already sampled
+
+
 # ---------------------------------------------------------------- frame lists
 
 
@@ -184,24 +205,6 @@ def test_video_pixels_close_to_the_image_path_with_resize():
         # One uint8 level after normalisation is 1/255/std <= 0.0151.
         assert diff.max().item() <= 1 / 255 / min(CFG.image_std) + 1e-6
         assert diff.mean().item() < 1e-3
-
-
-def test_matches_transformers_video_processor_if_torchvision_present():
-    try:
-        from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
-    except Exception:  # ImportError, or a torchvision build that cannot load its ops
-        pytest.skip("transformers' video processor needs torchvision")
-    frames = noise_frames(5, 360, 640, seed=3)
-    opts = VideoOptions()
-    pv, grid, _ = process_video(frames, CFG, opts)
-    ref = Qwen2VLVideoProcessor(min_pixels=opts.min_pixels, max_pixels=opts.max_pixels)(
-        videos=[torch.from_numpy(frames).permute(0, 3, 1, 2)],
-        return_tensors="pt",
-        do_sample_frames=False,
-        cap_pixels_per_frame=True,
-    )
-    assert list(grid) == ref["video_grid_thw"][0].tolist()
-    torch.testing.assert_close(pv, ref["pixel_values_videos"], atol=1e-5, rtol=0)
 
 
 # ---------------------------------------------------------------- bad input

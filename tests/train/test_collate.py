@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from qwenvl.config_v1 import v1_from_hf_dict
+from qwenvl.families.qwen_vl import v1_from_hf_dict
 from qwenvl.model.qwenvl import QwenVLModel
 from qwenvl.processing.processor import Qwen2VLProcessor
 from qwenvl.processing.processor_v1 import QwenV1Processor

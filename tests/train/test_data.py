@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from qwenvl.config_v1 import v1_from_hf_dict
+from qwenvl.families.qwen_vl import v1_from_hf_dict
 from qwenvl.processing.processor_v1 import QwenV1Processor
 from qwenvl.processing.tokenizer_v1 import QwenV1Tokenizer
 from qwenvl.train.batch import IGNORE

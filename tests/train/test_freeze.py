@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from qwenvl.config import from_hf_dict
+from qwenvl.families import from_hf_dict
 from qwenvl.model.qwenvl import QwenVLModel
 from qwenvl.train.config import StageConfig
 from qwenvl.train.freeze import apply_policy, apply_stage, param_group, set_image_size
@@ -67,10 +67,21 @@ def test_custom_policy_and_v2_merger_is_the_adapter():
     m = QwenVLModel(from_hf_dict(v2_arch()))
     apply_stage(m, StageConfig(policy="custom", trainable=("adapter",)))
     assert _trainable(m) == {n for n, _ in m.named_parameters() if n.startswith("visual.merger.")}
-    assert param_group("visual.blocks.0.attn.qkv.weight", "qwen2_5_vl") == "vision"
-    assert param_group("lm_head.weight", "qwen2_vl") == "llm"
+    assert param_group("visual.blocks.0.attn.qkv.weight", ("visual.merger.",)) == "vision"
+    assert param_group("lm_head.weight", ("visual.merger.",)) == "llm"
     apply_policy(m, set())
     assert not _trainable(m)
+
+
+def test_qwen3_deepstack_mergers_are_adapter_too():
+    """Qwen3-VL's DeepStack mergers map ViT features into the LLM, so stage 3 (ViT frozen) trains them."""
+    m = QwenVLModel(from_hf_dict(v2_arch("qwen3_vl")))
+    apply_stage(m, StageConfig(policy="stage3"))
+    visual = {n for n in _trainable(m) if n.startswith("visual.")}
+    assert any(n.startswith("visual.deepstack_merger_list.") for n in visual)
+    assert visual == {n for n, _ in m.named_parameters()
+                      if n.startswith(("visual.merger.", "visual.deepstack_merger_list."))}
+    assert not any(n.startswith(("visual.blocks.", "visual.pos_embed", "visual.patch_embed")) for n in visual)
 
 
 def test_v1_resolution_change_for_stage2():

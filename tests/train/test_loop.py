@@ -12,7 +12,7 @@ import random
 import pytest
 import torch
 
-from qwenvl.config import QwenVLConfig, TextConfig, VisionConfig, to_hf_dict
+from qwenvl.config import QwenVLConfig
 from qwenvl.inputs import ModelInputs
 from qwenvl.train.batch import IGNORE
 from qwenvl.train.collate import collate
@@ -44,14 +44,25 @@ def v1_arch(**over) -> dict:
 
 
 def v2_arch(family: str = "qwen2_5_vl") -> dict:
-    vision = VisionConfig(kind=family, depth=2, hidden_size=32, num_heads=2, intermediate_size=48, out_hidden_size=64,
-                          fullatt_block_indexes=(1,), window_size=56,
-                          hidden_act="silu" if family == "qwen2_5_vl" else "quick_gelu")
-    text = TextConfig(vocab_size=256, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=2, mrope_section=(2, 3, 3), max_position_embeddings=512)
-    cfg = QwenVLConfig(model_type=family, vision=vision, text=text, image_token_id=241, video_token_id=242,
-                       vision_start_token_id=243, vision_end_token_id=244, bos_token_id=250, eos_token_id=250)
-    return to_hf_dict(cfg)
+    """A tiny config.json of a dynamic-resolution family (qwen2_vl, qwen2_5_vl, qwen3_vl, qwen3_vl_moe)."""
+    text = dict(vocab_size=256, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                num_key_value_heads=2, max_position_embeddings=512, bos_token_id=250, eos_token_id=250,
+                rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [2, 3, 3]})
+    vision = dict(depth=2, num_heads=2, out_hidden_size=64)
+    if family == "qwen2_vl":
+        vision.update(embed_dim=32, mlp_ratio=1.5, hidden_size=64, hidden_act="quick_gelu")
+    elif family == "qwen2_5_vl":
+        vision.update(hidden_size=32, intermediate_size=48, fullatt_block_indexes=[1], window_size=56,
+                      hidden_act="silu")
+    else:  # Qwen3-VL: patch 16, learned 4x4 position table, DeepStack from ViT block 0
+        text.update(head_dim=16, rope_parameters={"rope_type": "default", "rope_theta": 5e6,
+                                                  "mrope_section": [2, 3, 3], "mrope_interleaved": True})
+        vision.update(hidden_size=32, intermediate_size=48, hidden_act="gelu_pytorch_tanh", patch_size=16,
+                      num_position_embeddings=16, deepstack_visual_indexes=[0])
+        if family == "qwen3_vl_moe":
+            text.update(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=24)
+    return {"model_type": family, "text_config": text, "vision_config": vision, "image_token_id": 241,
+            "video_token_id": 242, "vision_start_token_id": 243, "vision_end_token_id": 244}
 
 
 class FakeExamples:
@@ -67,7 +78,7 @@ class FakeExamples:
 
     def _image(self, g: torch.Generator) -> tuple[list[int], torch.Tensor, tuple]:
         c = self.cfg
-        if c.model_type == "qwen":
+        if c.family == "qwen_vl":
             ids = [c.image_start_id] + [c.image_start_id + 2] * c.vision.n_queries + [c.image_start_id + 1]
             return ids, torch.randn(1, 3, self.image_size, self.image_size, generator=g), ()
         v, grid = c.vision, (1, 4, 4)
@@ -93,7 +104,7 @@ class FakeExamples:
         labels = [IGNORE] * len(ids) + answer
         ids += answer
         pos = torch.arange(len(ids))
-        inputs = ModelInputs(input_ids=ids, positions=pos if self.cfg.model_type == "qwen" else pos.expand(3, -1),
+        inputs = ModelInputs(input_ids=ids, positions=pos if self.cfg.family == "qwen_vl" else pos.expand(3, -1),
                              image_pixels=torch.cat(pixels) if pixels else None, image_grid=grids)
         return TrainExample(inputs, labels)
 
@@ -116,7 +127,7 @@ def make_cfg(tmp_path, arch: dict | None = None, **sections) -> TrainConfig:
 
 
 def model_cfg_of(cfg: TrainConfig) -> QwenVLConfig:
-    from qwenvl.config import from_hf_dict
+    from qwenvl.families import from_hf_dict
 
     return from_hf_dict(cfg.model.arch)
 

@@ -7,7 +7,7 @@ import re
 import pytest
 import torch
 
-from qwenvl.config import from_hf_dict
+from qwenvl.families import from_hf_dict
 from qwenvl.model.qwenvl import QwenVLModel
 from qwenvl.train.batch import forward_loss
 from qwenvl.train.config import LoraConfig

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from qwenvl.config import QwenVLConfig
-from qwenvl.config_v1 import v1_from_hf_dict
+from qwenvl.families.qwen_vl import v1_from_hf_dict
 from qwenvl.processing.processor import Qwen2VLProcessor
 from qwenvl.processing.processor_v1 import QwenV1Processor
 from qwenvl.processing.tokenizer import QwenTokenizer
@@ -207,3 +207,35 @@ def test_v1_ids_are_the_make_context_prefix(proc1, tmp_path):
     nxt = proc1([*msgs, {"role": "user", "content": "next"}])
     assert nxt.input_ids[:len(ex)] == ex.inputs.input_ids
     assert nxt.input_ids[len(ex)] == proc1.tokenizer.encode("\n")[0]
+
+
+# ----------------------------------------------------------------------------------- Qwen3-VL
+
+
+@pytest.fixture(scope="module")
+def proc3(tmp_path_factory):
+    """The Qwen3-VL processor as production builds it (family), over the real Qwen3-VL tokenizer + template."""
+    from qwenvl import families
+    from tests.families.test_qwen3_vl_config import DENSE
+    from tests.fixtures.qwen3_tokenizer import write_qwen3_vl_folder
+
+    folder = write_qwen3_vl_folder(tmp_path_factory.mktemp("tok3"))
+    return families.get("qwen3_vl").build_processor(folder, families.from_hf_dict(DENSE))
+
+
+def test_qwen3_video_timestamps_and_two_turns_with_images(proc3):
+    """Timestamp text sits in the user turn (never supervised); ids equal the processor's; only the two
+    answers (and their <|im_end|>) are targets."""
+    frames = [image(64, 64, 10 * k) for k in range(4)]
+    msgs = [
+        {"role": "user", "content": [{"type": "video", "video": frames}, {"type": "text", "text": "What moves?"}]},
+        {"role": "assistant", "content": "A square."},
+        {"role": "user", "content": [{"type": "image", "image": image(96, 64)}, {"type": "text", "text": "And?"}]},
+        {"role": "assistant", "content": "Red."},
+    ]
+    ex = build_example(proc3, msgs)
+    assert ex.inputs.input_ids == proc3(msgs, add_generation_prompt=False).input_ids
+    assert ex.inputs.video_timestamps and "seconds>" in ex.inputs.text
+    tok = proc3.tokenizer
+    got = [tok.decode(ex.inputs.input_ids[a:b], skip_special=False) for a, b in supervised_spans(ex)]
+    assert got == ["A square.<|im_end|>", "Red.<|im_end|>"]

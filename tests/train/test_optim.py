@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from qwenvl.config import from_hf_dict
+from qwenvl.families import from_hf_dict
 from qwenvl.model.qwenvl import QwenVLModel
 from qwenvl.train.config import OptimConfig
 from qwenvl.train.optim import WarmupCosine, build_optimizer, decays, lr_scale, param_groups, vit_layer_id

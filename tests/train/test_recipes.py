@@ -150,3 +150,52 @@ def test_qwen2_5_vl_script_runs_the_same_recipes(tmp_path):
         assert cfg["model_type"] == "qwen2_5_vl" and (out / stage / "final" / "tokenizer.json").is_file()
     summary = json.loads((out / "eval" / "stage3_sft.json").read_text())["summary"]
     assert summary["video"]["n"] == 1 and summary["grounding"]["n"] == 1
+
+
+@pytest.mark.parametrize("model_type", ["qwen3_vl", "qwen3_vl_moe"])
+def test_recipe_chain_runs_unchanged_on_qwen3_vl(model_type, tmp_path, capsys):
+    """Every recipe (stage 0-3, LoRA) a few steps on a tiny Qwen3-VL (dense / MoE) config, the tokenizer folder
+    exported for that family, data with 0-1000 JSON boxes and video clips; then eval and chat on the result.
+    Only what the recipe files pin to the v1 tower is overridden (stage.image_size: v2+ take a pixel budget)."""
+    from qwenvl.cli import main
+    from qwenvl.data.synth import generate
+    from qwenvl.train.data import iter_texts
+    from qwenvl.train.tokenizer_export import write_qwen2_tokenizer
+    from qwenvl.train.tokenizer_train import train_ranks
+
+    data = tmp_path / "data"
+    generate(data, n_per_task=3, seed=4, splits=(0.5, 0.5, 0.0), image_size=112, langs=("en",), family="qwen3_vl",
+             tasks=["caption", "vqa", "count", "grounding", "grounded_caption", "ocr", "document", "chart",
+                    "compare", "dialogue", "video"], progress=False)
+    ranks = train_ranks(iter_texts(data / "train.jsonl"), 400, tmp_path / "ranks" / "qwen.tiktoken")
+    n = sum(1 for _ in open(ranks))
+    tok = write_qwen2_tokenizer(ranks, tmp_path / "tok", min_pixels=64 * 64, max_pixels=128 * 128,
+                                family="qwen3_vl")
+    arch = json.loads((RECIPES / "arch" / f"{model_type}_tiny.json").read_text())  # shrunk to this vocabulary
+    arch["text_config"].update(num_hidden_layers=2, vocab_size=n + 20, bos_token_id=n, eos_token_id=n + 2)
+    arch["vision_config"].update(depth=2, deepstack_visual_indexes=[0, 1])
+    arch.update(image_token_id=n + 12, video_token_id=n + 13, vision_start_token_id=n + 9, vision_end_token_id=n + 10,
+                bos_token_id=n, eos_token_id=n + 2)
+    (tmp_path / "arch.json").write_text(json.dumps(arch))
+    common = ["schedule.max_steps=2", "schedule.batch_size=2", "run.progress=false", "run.tensorboard=false",
+              "run.eval_batches=1", "run.log_every=1", "data.max_len=1024", "stage.image_size=0",
+              "stage.resize_pos_embed=false", "data.max_pixels=16384", "data.tasks.video=0.2",
+              f'data.train=["{data / "train.jsonl"}"]', f'data.val=["{data / "val.jsonl"}"]']
+    prev = None
+    for name in CHAIN:
+        sets = [*common, f"run.output_dir={tmp_path / name}"]
+        sets += [f"model.config={tmp_path / 'arch.json'}", f"data.tokenizer={tok}"] if prev is None \
+            else [f"model.init={prev}"]
+        argv = ["train", str(RECIPES / f"{name}.toml")] + [a for s in sets for a in ("--set", s)]
+        assert main(argv) == 0, name
+        summary = json.loads(capsys.readouterr().out)
+        assert summary["step"] == 2 and summary["val_loss"] is not None, (name, summary)
+        prev = summary["export"]
+        cfg = json.loads(Path(prev, "config.json").read_text())
+        assert cfg["model_type"] == model_type and Path(prev, "tokenizer.json").is_file()
+    assert main(["eval", prev, str(data / "val.jsonl"), "--limit", "12", "--out", str(tmp_path / "eval.json")]) == 0
+    report = json.loads((tmp_path / "eval.json").read_text())["summary"]
+    assert report["video"]["n"] >= 1 and report["grounding"]["n"] >= 1
+    capsys.readouterr()
+    image = str(next(data.rglob("*.png")))
+    assert main(["chat", prev, "What is this?", "--image", image, "--max-new-tokens", "3"]) == 0

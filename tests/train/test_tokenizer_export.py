@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from qwenvl.config import from_hf_dict
+from qwenvl.families import from_hf_dict
 from qwenvl.processing.processor import Qwen2VLProcessor
 from qwenvl.processing.tokenizer import QwenTokenizer
 from qwenvl.processing.tokenizer_v1 import QwenV1Tokenizer, load_ranks

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 from PIL import Image
 
+from qwenvl.config import QWEN2_5_VL, QWEN2_VL, QWEN_VL
 from qwenvl.processing.grounding import Box, format_box, format_boxes
 from qwenvl.processing.image import smart_resize
 
@@ -80,7 +81,7 @@ class Ctx:
 
     def input_size(self) -> tuple[int, int] | None:
         """(w, h) of the resized model input, which qwen2_5_vl boxes are measured in (default processor)."""
-        if self.family != "qwen2_5_vl":
+        if self.family != QWEN2_5_VL:
             return None
         h, w = smart_resize(self.size[1], self.size[0])
         return w, h
@@ -95,7 +96,7 @@ class Ctx:
     @property
     def tagged(self) -> bool:
         """Whether boxes sit inline in text (<ref>/<box> families) rather than as a JSON list."""
-        return self.family in ("qwen_vl", "qwen2_vl")
+        return self.family in (QWEN_VL, QWEN2_VL)
 
 
 def first(make: Callable[[], T | None], what: str, tries: int = 1000) -> T:

@@ -20,12 +20,11 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from qwenvl.config import from_hf_dict
+from qwenvl.families import from_hf_dict
 from qwenvl.model.decoder import TextDecoder
 from qwenvl.model.rope import inv_freq
-from qwenvl.weights import load_model, save_model
-from qwenvl.weights_v1 import v1_official_shapes
-from tests.test_config_v1 import OFFICIAL
+from qwenvl.weights import checkpoint_shapes, load_model, save_model
+from tests.families.test_qwen_vl_config import OFFICIAL
 
 IMG = 280  # <img> in the tiny vocab; </img> = 281, <imgpad> = 282
 TINY = {
@@ -223,7 +222,7 @@ def official():
 
 def test_full_size_key_table_matches_the_released_checkpoint():
     """853 tensors; bf16 total_size 19,313,870,336 bytes as in Qwen-VL-Chat's index (facts A.1, A.6)."""
-    ours = v1_official_shapes(from_hf_dict(OFFICIAL))
+    ours = checkpoint_shapes(from_hf_dict(OFFICIAL))
     assert ours == official_shapes(OFFICIAL)
     assert len(ours) == 853 and 2 * sum(math.prod(s) for s in ours.values()) == 19_313_870_336
 

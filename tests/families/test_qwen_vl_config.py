@@ -6,8 +6,8 @@ import copy
 
 import pytest
 
-from qwenvl.config import from_hf_dict, to_hf_dict
-from qwenvl.config_v1 import v1_from_hf_dict, v1_to_hf_dict
+from qwenvl.families import from_hf_dict, to_hf_dict
+from qwenvl.families.qwen_vl import v1_from_hf_dict, v1_to_hf_dict
 
 # the released Qwen-VL-Chat config.json: the values of facts A.2 / A.5, plus keys we read but ignore
 # (dtype flags, dropout, flash-attn switches)
@@ -28,9 +28,9 @@ OFFICIAL = {
 
 
 def test_official_config_maps_to_the_shared_dataclasses():
-    cfg = from_hf_dict(OFFICIAL)  # config.py dispatches model_type "qwen" here
+    cfg = from_hf_dict(OFFICIAL)  # the registry dispatches model_type "qwen" to the qwen_vl family
     v, t = cfg.vision, cfg.text
-    assert cfg.model_type == "qwen" and v.kind == "qwen"
+    assert cfg.model_type == "qwen" and cfg.family == "qwen_vl" and v.tower == "resampler"
     assert (v.depth, v.hidden_size, v.num_heads, v.head_dim) == (48, 1664, 16, 104)
     assert v.intermediate_size == 8192  # int(1664 * 4.9231)
     assert (v.out_hidden_size, v.image_size, v.patch_size, v.n_queries, v.pos_embed_grid) == (4096, 448, 14, 256, 16)

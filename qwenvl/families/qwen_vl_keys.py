@@ -1,6 +1,6 @@
 """Qwen-VL v1 checkpoint keys (`transformer.*`, architecture-facts A.6) <-> our module names.
 
-Used by weights.py's load_model / save_model only; this module holds the renames and the one split:
+The Qwen-VL family's checkpoint key map (families/qwen_vl.py); this module holds the renames and the one split:
 
   official                                        ours
   transformer.wte.weight                          model.embed_tokens.weight
@@ -16,8 +16,9 @@ Used by weights.py's load_model / save_model only; this module holds the renames
   transformer.visual.X                            visual.X, except resblocks' mlp.c_fc / mlp.c_proj -> mlp.fc1 / mlp.fc2
 
 The ViT's interleaved `attn.in_proj` is kept in the official layout (see model/vision_v1.py), so no
-visual tensor is permuted and official -> ours -> official is bit-exact. The strict key check runs
-in the official spelling first (v1_key_shapes), so a refusal names the keys as the checkpoint has them.
+visual tensor is permuted and official -> ours -> official is bit-exact. The official spelling is the
+canonical one: weights.py's strict key check compares in it, so a refusal names the keys as the
+checkpoint has them.
 """
 
 from __future__ import annotations
@@ -73,39 +74,6 @@ def rename(key: str) -> str | list[str]:
         if rest in _LLM:
             return base + _LLM[rest]
     return key
-
-
-def v1_official_shapes(cfg: QwenVLConfig) -> dict[str, tuple[int, ...]]:
-    """Every key and shape an official checkpoint for `cfg` holds (from a meta-device build: no memory)."""
-    from qwenvl.model.qwenvl import QwenVLModel
-
-    with torch.device("meta"):
-        state = QwenVLModel(cfg).state_dict()
-    return {k: tuple(t.shape) for k, t in v1_export(state, cfg).items()}
-
-
-def v1_key_shapes(found: dict[str, tuple[int, ...]], cfg: QwenVLConfig) -> dict[str, tuple[int, ...]]:
-    """Official checkpoint key -> shape table, restated as our key -> shape for weights.check_keys.
-
-    The table is first checked in the official spelling, so a ValueError names the checkpoint's own
-    keys (`transformer.h.3.mlp.w2.weight`, not our `gate_proj`). A redundant lm_head of a tied model
-    is dropped, as for the other generations.
-    """
-    from qwenvl.weights import check_keys
-
-    found = dict(found)
-    if cfg.tie_word_embeddings:
-        found.pop("lm_head.weight", None)
-    check_keys(v1_official_shapes(cfg), found, "(Qwen-VL v1 layout)")
-    out: dict[str, tuple[int, ...]] = {}
-    for key, shape in found.items():
-        new = rename(key)
-        if isinstance(new, list):
-            for k in new:
-                out[k] = (shape[0] // 3, *shape[1:])
-        else:
-            out[new] = tuple(shape)
-    return out
 
 
 def v1_iter(tensors: Iterable[tuple[str, torch.Tensor]], cfg: QwenVLConfig) -> Iterator[tuple[str, torch.Tensor]]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from qwenvl.config import from_hf_dict, to_hf_dict
+from qwenvl.families import from_hf_dict, to_hf_dict
 
 # The flat form of a released Qwen2.5-VL-7B-Instruct config.json (facts B.3, B.7)
 FLAT_25 = {

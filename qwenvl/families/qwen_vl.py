@@ -1,16 +1,23 @@
-"""Qwen-VL v1 `config.json` (model_type "qwen", QWenLMHeadModel) <-> QwenVLConfig.
+"""Qwen-VL v1 (Qwen-VL, Qwen-VL-Chat): 448 px fixed-resolution ViT, a 256-query cross-attention
+resampler, the Qwen-7B decoder with 1-D RoPE (fp32 rotation, dynamic NTK and log-n beyond seq_length),
+tiktoken vocabulary, ChatML via make_context, `<ref>`/`<box>` grounding in 0-999.
 
-The official file has its own key names (architecture-facts A.2, A.5): a flat LLM block
-(`kv_channels`, `rotary_emb_base`, `layer_norm_epsilon`, `no_bias`, ...) and a `visual` block
-(`width`, `layers`, `heads`, `mlp_ratio`, `output_dim`, ...). config.py dispatches here for
-model_type "qwen". No I/O: dicts in, dicts out. Every rejection names the offending key.
+config.json (model_type "qwen", QWenLMHeadModel) has its own key names (architecture-facts A.2, A.5): a
+flat LLM block (`kv_channels`, `rotary_emb_base`, `layer_norm_epsilon`, `no_bias`, ...) and a `visual`
+block (`width`, `layers`, `heads`, `mlp_ratio`, `output_dim`, ...). Every rejection names the offending
+key. Checkpoint keys: families/qwen_vl_keys.py (`transformer.*`, .bin or safetensors).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-from qwenvl.config import QwenVLConfig, TextConfig, VisionConfig
+import torch
+
+from qwenvl.config import QWEN_VL, QwenVLConfig, TextConfig, VisionConfig
+from qwenvl.families.base import Family, Tensors
+from qwenvl.families.qwen_vl_keys import v1_export, v1_iter
 
 IMAGE_START_ID = 151857  # `<img>`; `</img>` = +1, `<imgpad>` = +2
 EOD_ID = 151643  # `<|endoftext|>`: the only id that ends v1 generation (facts A.7b)
@@ -75,7 +82,8 @@ def _vision(v: dict, text_hidden: int) -> VisionConfig:
     if mlp < 1:
         raise _bad("visual.mlp_ratio", f"{v['mlp_ratio']} gives an empty MLP")
     return VisionConfig(
-        kind="qwen", depth=v["layers"], hidden_size=width, num_heads=heads, intermediate_size=mlp,
+        tower="resampler", norm="layernorm", mlp="plain", window_size=0,
+        fullatt_block_indexes=(), depth=v["layers"], hidden_size=width, num_heads=heads, intermediate_size=mlp,
         out_hidden_size=out, hidden_act="gelu", in_channels=3, patch_size=v["patch_size"],
         image_size=v["image_size"], n_queries=nq, pos_embed_grid=v.get("pos_embed_grid", POS_EMBED_GRID),
         layer_norm_eps=1e-6,
@@ -83,9 +91,7 @@ def _vision(v: dict, text_hidden: int) -> VisionConfig:
 
 
 def v1_from_hf_dict(d: dict) -> QwenVLConfig:
-    """Parsed official Qwen-VL `config.json` -> QwenVLConfig(model_type="qwen")."""
-    if d.get("model_type") != "qwen":
-        raise _bad("model_type", f"{d.get('model_type')!r} is not 'qwen'")
+    """Parsed official Qwen-VL `config.json` -> QwenVLConfig(family=QWEN_VL, model_type="qwen")."""
     missing = [k for k in (*_REQUIRED, "visual") if k not in d]
     if missing:
         raise ValueError(f"invalid Qwen-VL config: missing keys {missing}")
@@ -98,8 +104,9 @@ def v1_from_hf_dict(d: dict) -> QwenVLConfig:
         raise _bad("visual.image_start_id", f"{start}: <img>, </img> and <imgpad> must fit in vocab_size "
                    f"{text.vocab_size}")
     return QwenVLConfig(
-        model_type="qwen", vision=vision, text=text, tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
-        image_start_id=start, bos_token_id=d.get("bos_token_id", EOD_ID), eos_token_id=d.get("eos_token_id", EOD_ID),
+        family=QWEN_VL, model_type="qwen", vision=vision, text=text,
+        tie_word_embeddings=bool(d.get("tie_word_embeddings", False)), image_start_id=start,
+        bos_token_id=d.get("bos_token_id", EOD_ID), eos_token_id=d.get("eos_token_id", EOD_ID),
     )
 
 
@@ -112,9 +119,9 @@ def _mlp_ratio(width: int, mlp: int) -> float:
 
 
 def v1_to_hf_dict(cfg: QwenVLConfig) -> dict[str, Any]:
-    """QwenVLConfig(model_type="qwen") -> the official `config.json` dict (loads back via v1_from_hf_dict)."""
+    """QwenVLConfig(family=QWEN_VL) -> the official `config.json` dict (loads back via v1_from_hf_dict)."""
     t, v = cfg.text, cfg.vision
-    if cfg.model_type != "qwen" or t.mrope_section is not None or t.num_key_value_heads != t.num_attention_heads \
+    if cfg.family != QWEN_VL or t.mrope_section is not None or t.num_key_value_heads != t.num_attention_heads \
             or not t.attention_bias:
         raise ValueError("v1_to_hf_dict needs a Qwen-VL v1 config (1-D RoPE, MHA, q/k/v bias)")
     visual: dict[str, Any] = {
@@ -143,3 +150,47 @@ def v1_to_hf_dict(cfg: QwenVLConfig) -> dict[str, Any]:
         "vocab_size": t.vocab_size, "bos_token_id": cfg.bos_token_id, "eos_token_id": cfg.eos_token_id,
         "visual": visual,
     }
+
+
+class QwenVL(Family):
+    name = QWEN_VL
+    model_types = ("qwen",)
+    prompt_format = "chatml_v1"
+    fixed_resolution = True
+    # ln_post and proj sit after the resampler but belong to the tower (official fix_vit leaves them frozen)
+    adapter_prefixes = ("visual.attn_pool.",)
+
+    def parse_config(self, d: dict) -> QwenVLConfig:
+        return v1_from_hf_dict(d)
+
+    def dump_config(self, cfg: QwenVLConfig) -> dict:
+        return v1_to_hf_dict(cfg)
+
+    def canonical_key(self, key: str, cfg: QwenVLConfig) -> str:
+        return key  # the official names are canonical
+
+    def export_state(self, state: dict[str, torch.Tensor], cfg: QwenVLConfig) -> dict[str, torch.Tensor]:
+        return v1_export(state, cfg)
+
+    def import_tensors(self, tensors: Tensors, cfg: QwenVLConfig):
+        return v1_iter(tensors, cfg)
+
+    def build_processor(self, folder: str | Path, cfg: QwenVLConfig) -> Any:
+        from qwenvl.processing.processor_v1 import QwenV1Processor
+
+        return QwenV1Processor.from_folder(folder, cfg)
+
+    def generation_config(self, config: dict) -> dict:
+        """Greedy defaults; v1 stops at <|im_end|> through chat_format."""
+        eod = config["eos_token_id"]
+        return {"chat_format": "chatml", "eos_token_id": eod, "pad_token_id": eod, "do_sample": False,
+                "max_new_tokens": 64}
+
+    def dummy_vision_input(self, cfg: QwenVLConfig) -> tuple[torch.Tensor, list]:
+        """A 2x2-patch image: the smallest square input the fixed-resolution tower accepts."""
+        v = cfg.vision
+        return torch.zeros(1, v.in_channels, 2 * v.patch_size, 2 * v.patch_size), []
+
+
+
+FAMILY = QwenVL()
