@@ -41,6 +41,7 @@ from qwenvl.config import TextConfig
 from qwenvl.model.layers import activation
 
 _GROUPED_MM = getattr(F, "grouped_mm", None) or getattr(torch, "_grouped_mm", None)
+_TORCH = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2])  # (2, 13); "2.9" < "2.11" as ints
 
 
 def grouped_mm_supported(x: torch.Tensor, w: torch.Tensor) -> bool:
@@ -48,7 +49,7 @@ def grouped_mm_supported(x: torch.Tensor, w: torch.Tensor) -> bool:
     if _GROUPED_MM is None:
         return False
     if x.device.type == "cpu":  # CPU kernel since 2.9; 16-byte alignment demands up to 2.10
-        return torch.__version__ >= "2.11"
+        return _TORCH >= (2, 11)
     if x.device.type == "cuda":
         return (w.dtype == torch.bfloat16 and torch.cuda.get_device_capability(x.device) >= (8, 0)
                 and x.shape[-1] % 8 == 0 and w.shape[-2] % 8 == 0)
