@@ -2,10 +2,13 @@
 
     pipe = qwenvl.load("path/to/checkpoint", dtype="float32", device="cpu")
     out = pipe.chat(messages, max_new_tokens=64, temperature=0.0)   # out.text, out.token_ids, out.boxes
+    for piece in pipe.chat(messages, stream=True): ...              # text pieces; "".join == out.text
+    outs = pipe.generate_batch([messages_a, messages_b], seed=1)   # batched through the engine, in order
     logits = pipe.logits(messages, add_generation_prompt=True)     # [T, V] over the rendered prompt
 
 The family (Qwen-VL v1, Qwen2-VL, Qwen2.5-VL, Qwen3-VL) is read from config.json. This layer wires the
-processor (text + pixels -> ids), the model and the engine's generate; it holds no model logic.
+processor (text + pixels -> ids), the model and one engine (qwenvl.engine.Engine, built on first use,
+sized by `engine_options`); it holds no model logic.
 """
 
 from __future__ import annotations
@@ -19,8 +22,10 @@ from typing import Any
 import torch
 
 from qwenvl import families
-from qwenvl.engine.generate import Generation, generate, prefill_embeds, stream
-from qwenvl.engine.sampling import SamplingParams
+from qwenvl.engine.engine import Engine, Handle
+from qwenvl.engine.generate import prefill_embeds
+from qwenvl.engine.sampling import SamplingParams, TokenLogprob
+from qwenvl.engine.scheduler import Generation
 from qwenvl.inputs import ModelInputs
 from qwenvl.weights import load_model, read_config
 
@@ -64,14 +69,35 @@ class ChatResult:
     prompt_tokens: int
     boxes: list[dict] = field(default_factory=list)  # {label, x1, y1, x2, y2} in original-image pixels
     timings: dict = field(default_factory=dict)
+    logprobs: list[TokenLogprob] | None = None  # per generated token, when asked for
+
+
+SAMPLING_KEYS = frozenset(SamplingParams.__dataclass_fields__)
 
 
 class Pipeline:
-    def __init__(self, model, processor, generation_config: dict | None = None, folder: Path | None = None):
+    def __init__(self, model, processor, generation_config: dict | None = None, folder: Path | None = None,
+                 engine_options: dict | None = None):
         self.model = model
         self.processor = processor
         self.generation_config = generation_config or {}
         self.folder = folder
+        self.engine_options = dict(engine_options or {})  # Engine(n_slots=, max_len=, memory_bytes=, ...)
+        self._engine: Engine | None = None
+
+    @property
+    def engine(self) -> Engine:
+        """The pipeline's engine (KV pool + step loop), built on first use from engine_options."""
+        if self._engine is None:
+            self._engine = Engine(self.model, decode=self.processor.decode, **self.engine_options)
+        return self._engine
+
+    def configure_engine(self, **options: Any) -> None:
+        """Replace the engine's options (n_slots, max_len, memory_bytes, prefill_tokens); rebuilt on next use."""
+        if self._engine is not None and self._engine.busy:
+            raise RuntimeError("the engine still has requests; finish or cancel them first")
+        self.engine_options.update(options)
+        self._engine = None
 
     @property
     def family(self) -> str:
@@ -89,34 +115,49 @@ class Pipeline:
         params = SamplingParams.from_generation_config(self.generation_config, **overrides)
         return params.with_stops(self.processor.stop_ids())
 
-    def chat(self, messages: list[dict], *, max_new_tokens: int | None = None, temperature: float | None = None,
-             top_p: float | None = None, top_k: int | None = None, repetition_penalty: float | None = None,
-             seed: int | None = None, **processor_kw: Any) -> ChatResult:
-        """Answer the conversation. Unset sampling arguments come from generation_config.json."""
+    def chat(self, messages: list[dict], *, stream: bool = False, max_new_tokens: int | None = None,
+             temperature: float | None = None, top_p: float | None = None, top_k: int | None = None,
+             min_p: float | None = None, repetition_penalty: float | None = None,
+             presence_penalty: float | None = None, frequency_penalty: float | None = None, seed: int | None = None,
+             stop: str | list[str] | None = None, logprobs: bool | None = None, top_logprobs: int | None = None,
+             **processor_kw: Any) -> ChatResult | Iterator[str]:
+        """Answer the conversation; with stream=True, an iterator of text pieces whose concatenation is the
+        non-streaming .text (closing it early cancels the request). Unset sampling arguments come from
+        generation_config.json; stop strings end the text before them."""
         inp = self.prepare(messages, **processor_kw)
         params = self.sampling(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
-                               repetition_penalty=repetition_penalty, seed=seed)
-        gen: Generation = generate(self.model, inp, params)
-        text = self.processor.decode(gen.token_ids)
+                               min_p=min_p, repetition_penalty=repetition_penalty, presence_penalty=presence_penalty,
+                               frequency_penalty=frequency_penalty, seed=seed, stop=stop, logprobs=logprobs,
+                               top_logprobs=top_logprobs)
+        handle = self.engine.submit(inp, params)
+        if stream:
+            return self._text_pieces(handle)
+        return self._result(handle.result(), inp)
+
+    @staticmethod
+    def _text_pieces(handle: Handle) -> Iterator[str]:
+        for ev in handle:
+            if ev.text:
+                yield ev.text
+
+    def stream(self, messages: list[dict], **kw: Any) -> Iterator[str]:
+        """Yield text pieces as tokens are generated (whole UTF-8 characters only): chat(stream=True)."""
+        return self.chat(messages, stream=True, **kw)
+
+    def generate_batch(self, conversations: list[list[dict]], **kw: Any) -> list[ChatResult]:
+        """Answer several conversations through the engine's batching; results in input order. kw: the
+        sampling arguments of chat (one set for all) and processor options."""
+        sampling = {k: v for k, v in kw.items() if k in SAMPLING_KEYS}
+        inputs = [self.prepare(m, **{k: v for k, v in kw.items() if k not in SAMPLING_KEYS}) for m in conversations]
+        gens = self.engine.generate_batch(inputs, self.sampling(**sampling))
+        return [self._result(g, i) for g, i in zip(gens, inputs, strict=True)]
+
+    def _result(self, gen: Generation, inp: ModelInputs) -> ChatResult:
+        text = gen.text if gen.text is not None else self.processor.decode(gen.token_ids)
         return ChatResult(text=text, token_ids=gen.token_ids, finish_reason=gen.finish_reason,
                           prompt_tokens=gen.prompt_tokens,
                           boxes=self.boxes(self.processor.decode(gen.token_ids, skip_special=False), inp),
-                          timings={"vision_s": gen.vision_seconds, "ttft_s": gen.ttft_seconds,
-                                   "decode_s": gen.decode_seconds})
-
-    def stream(self, messages: list[dict], **kw: Any) -> Iterator[str]:
-        """Yield text pieces as tokens are generated (whole UTF-8 characters only)."""
-        proc_kw = {k: v for k, v in kw.items() if k not in SamplingParams.__dataclass_fields__}
-        inp = self.prepare(messages, **proc_kw)
-        params = self.sampling(**{k: v for k, v in kw.items() if k in SamplingParams.__dataclass_fields__})
-        ids: list[int] = []
-        sent = ""
-        for tok in stream(self.model, inp, params):
-            ids.append(tok)
-            text = self.processor.decode(ids)
-            if not text.endswith("\ufffd") and len(text) > len(sent):
-                yield text[len(sent):]
-                sent = text
+                          timings=gen.timings, logprobs=gen.logprobs)
 
     @torch.no_grad()
     def logits(self, messages: list[dict], *, add_generation_prompt: bool = True, **kw: Any) -> torch.Tensor:
@@ -146,12 +187,22 @@ class Pipeline:
 
 
 def load(path: str | Path | None = None, dtype: str | torch.dtype = "float32",
-         device: str | torch.device = "cpu") -> Pipeline:
-    """Load a checkpoint folder (or the shipped default model) into a ready pipeline."""
+         device: str | torch.device = "cpu", quantize: str | None = None) -> Pipeline:
+    """Load a checkpoint folder (or the shipped default model) into a ready pipeline.
+
+    quantize: None, "int8" or "int4": weight-only quantization of the text decoder and lm_head after
+    loading (qwenvl.engine.quant.quantize_model, its defaults); such a pipeline cannot save().
+    """
+    from qwenvl.engine.quant import MODES, quantize_model
+
+    if quantize is not None and quantize not in MODES:
+        raise ValueError(f"unknown quantize {quantize!r}; use one of {[None, *MODES]}")
     folder = resolve_model(path)
     cfg = read_config(folder)
     processor = families.of(cfg).build_processor(folder, cfg)  # fail on a missing tokenizer before weights
     model = load_model(folder, _dtype(dtype), device, cfg)
+    if quantize is not None:
+        quantize_model(model, quantize)
     gen_path = folder / "generation_config.json"
     gen = json.loads(gen_path.read_text()) if gen_path.is_file() else {}
     return Pipeline(model, processor, gen, folder)

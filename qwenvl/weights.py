@@ -208,6 +208,9 @@ def save_model(model: nn.Module, folder: str | Path, max_shard_bytes: int = 2 * 
     """
     from safetensors.torch import save_file
 
+    if getattr(model, "quantized", None):
+        raise ValueError("this model is weight-only quantized (qwenvl.engine.quant), which is inference-only: "
+                         "save the float model before quantizing, or reload the checkpoint")
     cfg: QwenVLConfig = model.cfg
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

@@ -108,3 +108,55 @@ def test_cli_reports_errors_without_traceback(tiny_ckpt, tmp_path, capsys):
     folder, _ = tiny_ckpt("qwen2_5_vl")
     assert main(["chat", str(folder), "hi", "--image", str(tmp_path / "nope.png")]) == 2
     assert "nope.png" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------------
+# the engine behind chat: streaming, batches, the new sampling options
+
+
+@pytest.mark.parametrize("kw", [{"temperature": 0.0}, {"temperature": 0.9, "top_p": 0.9, "seed": 5}])
+def test_chat_stream_concatenates_to_the_text(pipe25, kw):
+    m = msg(IMG, {"type": "text", "text": "what is it?"})
+    whole = pipe25.chat(m, max_new_tokens=12, **kw)
+    pieces = list(pipe25.chat(m, max_new_tokens=12, stream=True, **kw))
+    assert "".join(pieces) == whole.text and len(pieces) > 1
+    assert "".join(pipe25.stream(m, max_new_tokens=12, **kw)) == whole.text
+
+
+def test_stop_string_cuts_text_streamed_and_not(pipe25):
+    m = msg({"type": "text", "text": "go on"})
+    full = pipe25.chat(m, max_new_tokens=16, temperature=0.0)
+    stop = full.text[len(full.text) // 2:][:2]
+    assert stop and full.text.index(stop) > 0
+    cut = pipe25.chat(m, max_new_tokens=16, temperature=0.0, stop=[stop])
+    assert cut.text == full.text[:full.text.index(stop)] and cut.finish_reason == "stop"
+    assert "".join(pipe25.chat(m, max_new_tokens=16, temperature=0.0, stop=stop, stream=True)) == cut.text
+
+
+def test_generate_batch_equals_chat_alone(pipe25):
+    convs = [msg({"type": "text", "text": "hello"}), msg(IMG, {"type": "text", "text": "colour?"}),
+             [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "a much longer question here"}]]
+    kw = {"max_new_tokens": 8, "temperature": 0.7, "seed": 11, "repetition_penalty": 1.05}
+    alone = [pipe25.chat(c, **kw) for c in convs]
+    batch = pipe25.generate_batch(convs, **kw)
+    assert [b.token_ids for b in batch] == [a.token_ids for a in alone]
+    assert [b.text for b in batch] == [a.text for a in alone]
+
+
+def test_new_sampling_options_and_logprobs(pipe25):
+    m = msg({"type": "text", "text": "options"})
+    out = pipe25.chat(m, max_new_tokens=5, temperature=1.0, min_p=0.05, presence_penalty=0.5,
+                      frequency_penalty=0.5, seed=2, logprobs=True, top_logprobs=2)
+    assert len(out.logprobs) == len(out.token_ids) > 0
+    assert all(lp.token_id == t and len(lp.top) == 2 for lp, t in zip(out.logprobs, out.token_ids, strict=True))
+    assert {"queue_s", "vision_s", "ttft_s", "decode_s"} <= out.timings.keys()
+    with pytest.raises(ValueError, match="min_p"):
+        pipe25.chat(m, min_p=1.5)
+
+
+def test_abandoned_stream_frees_its_slot(pipe25):
+    it = pipe25.chat(msg({"type": "text", "text": "long story"}), max_new_tokens=40, temperature=0.0, stream=True)
+    next(it)
+    assert pipe25.engine.busy
+    it.close()
+    assert not pipe25.engine.busy and len(pipe25.engine.pool.free) == pipe25.engine.pool.n_slots

@@ -5,7 +5,7 @@ A tiny random checkpoint saved by transformers, with the real Qwen3-VL tokenizer
 is loaded with `qwenvl.load`. A multi-turn chat with an image in each of two turns (sizes that are
 not multiples of the 32 px merge unit): identical prompt ids, pixels and grids, logits within 1e-4
 (fp32), and an identical 24-token greedy continuation. The engine's batched path gives each
-conversation the tokens it gets alone (DeepStack rows, left padding, per-row M-RoPE deltas).
+conversation the tokens it gets alone (DeepStack rows, per-row cache lengths and M-RoPE deltas).
 """
 
 from __future__ import annotations
@@ -16,8 +16,7 @@ import torch
 from PIL import Image
 
 import qwenvl
-from qwenvl.engine.batch_generate import generate_batch
-from qwenvl.engine.generate import generate
+from qwenvl.engine.engine import Engine
 from tests.fixtures.hf_tiny_qwen3 import make_hf_checkpoint
 from tests.fixtures.qwen3_tokenizer import QWEN3_VL_PREPROCESSOR, write_qwen3_vl_folder
 
@@ -97,6 +96,6 @@ def test_batched_engine_equals_each_conversation_alone(ckpt):
     convs = [MESSAGES, [{"role": "user", "content": "Say something."}], MESSAGES[:2]]
     inputs = [pipe.prepare(m) for m in convs]
     params = pipe.sampling(max_new_tokens=12, temperature=0.0)
-    alone = [generate(pipe.model, i, params).token_ids for i in inputs]
-    batched = [g.token_ids for g in generate_batch(pipe.model, inputs, params)]
+    alone = [Engine(pipe.model, n_slots=1, max_len=1024).generate(i, params).token_ids for i in inputs]
+    batched = [g.token_ids for g in Engine(pipe.model, n_slots=3, max_len=1024).generate_batch(inputs, params)]
     assert batched == alone and all(alone)

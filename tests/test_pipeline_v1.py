@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 import qwenvl
-from tests.fixtures.qwen2_tokenizer import qwen_tiktoken_path
 from tests.families.test_qwen_vl_keys import official_state, write_checkpoint
+from tests.fixtures.qwen2_tokenizer import qwen_tiktoken_path
 
 CFG = {
     "model_type": "qwen", "architectures": ["QWenLMHeadModel"], "vocab_size": 151936, "hidden_size": 128,

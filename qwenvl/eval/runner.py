@@ -47,16 +47,17 @@ def score_record(record: dict, pred: str, family: str, image_size, input_size) -
 
 def evaluate(pipe, records: list[dict], batch_size: int = 8, max_new_tokens: int = 64,
              likelihood: bool = True, progress: bool = True) -> dict[str, Any]:
-    """Greedy answers for every record, scored; returns {"rows": [...], "summary": {...}}."""
-    from qwenvl.engine.batch_generate import generate_batch
+    """Greedy answers for every record, scored; returns {"rows": [...], "summary": {...}}.
 
+    batch_size records are prepared and submitted together to the pipeline's engine (continuously
+    batched, up to its slot count), then scored."""
     params = pipe.sampling(max_new_tokens=max_new_tokens, temperature=0.0)
     rows: list[dict] = []
     bar = _bar(len(records), progress)
     for start in range(0, len(records), batch_size):
         chunk = records[start:start + batch_size]
         inputs = [pipe.prepare(_prompt(r)) for r in chunk]
-        outs = generate_batch(pipe.model, inputs, params)
+        outs = pipe.engine.generate_batch(inputs, params)
         for rec, inp, out in zip(chunk, inputs, outs, strict=True):
             raw = pipe.processor.decode(out.token_ids, skip_special=False)
             pred = pipe.processor.decode(out.token_ids)

@@ -2,6 +2,11 @@
 
 The KV cache is owned by the caller (the engine): a layer only receives the cache tensors for its own
 layer and the offset to write at. Nothing is stored on the module.
+
+Two cache modes. Training and single-prompt inference: one int `start` for the whole batch. The
+engine's pool: `start` a [B] tensor (each row's own cache length) and optionally `rows` [B] (which
+pool rows the batch rows are). Each row writes its new k/v at its own offset; keys past a row's own
+end are masked by ragged_causal_mask, so a short row never sees another request's stale entries.
 """
 
 from __future__ import annotations
@@ -48,11 +53,37 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqle
 
 @dataclass
 class LayerCache:
-    """One layer's view of an engine-owned KV cache: k, v [B, Hkv, S_max, D] and where to write."""
+    """One layer's view of an engine-owned KV cache: k, v [N, Hkv, S_max, D] and where to write.
+
+    start: int (every row) or [B] long (per row) absolute slot of the first new token.
+    rows: None (batch row b is cache row b, N == B) or [B] long indices into the N cache rows.
+    """
 
     k: torch.Tensor
     v: torch.Tensor
-    start: int  # absolute position of the first new token
+    start: int | torch.Tensor  # absolute position of the first new token
+    rows: torch.Tensor | None = None
+
+
+def _write_rows(cache: LayerCache, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row write at each row's own offset, then the keys/values [B, Hkv, S, D] for S = max end.
+
+    Example, starts (5, 2), T = 1: row 0 writes slot 5, row 1 slot 2; both read slots [0, 6) and the
+    mask hides slots 3-5 of row 1 (whatever an earlier request left there).
+    """
+    b, _, t, _ = k.shape
+    start = cache.start
+    if not isinstance(start, torch.Tensor):
+        start = torch.full((b,), start, dtype=torch.long, device=k.device)
+    rows = cache.rows if cache.rows is not None else torch.arange(b, device=k.device)
+    idx = start[:, None] + torch.arange(t, device=k.device)  # [B, T]
+    # advanced indices on dims 0 and 2 put [B, T] first: the target view is [B, T, Hkv, D]
+    cache.k[rows[:, None], :, idx] = k.transpose(1, 2)
+    cache.v[rows[:, None], :, idx] = v.transpose(1, 2)
+    end = int(start.max()) + t
+    if cache.rows is None:
+        return cache.k[:, :, :end], cache.v[:, :, :end]
+    return cache.k[rows, :, :end], cache.v[rows, :, :end]
 
 
 def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
@@ -60,10 +91,13 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: to
     """Grouped-query causal attention.
 
     q: [B, H, T, D]; k, v: [B, Hkv, T, D] (new tokens only). With a cache, k/v are written at
-    [start, start+T) and attention runs over [0, start+T). mask: [B, 1, T, S] bool (True = attend) or
-    None for a plain causal prefill from position 0. Returns [B, H, T, D].
+    [start, start+T) and attention runs over [0, start+T) (per-row starts: over [0, max end), the
+    mask hiding each row's tail). mask: [B, 1, T, S] bool (True = attend) or None for a plain causal
+    prefill from position 0. Returns [B, H, T, D].
     """
-    if cache is not None:
+    if cache is not None and (cache.rows is not None or isinstance(cache.start, torch.Tensor)):
+        k, v = _write_rows(cache, k, v)
+    elif cache is not None:
         end = cache.start + k.shape[2]
         cache.k[:, :, cache.start:end] = k
         cache.v[:, :, cache.start:end] = v
@@ -95,3 +129,16 @@ def build_causal_mask(key_valid: torch.Tensor | None, start: int, t: int, batch:
         mask = mask & (segment_ids[:, None, :, None] == segment_ids[:, None, None, :])
     diag = kpos[None, :] == qpos[:, None]
     return mask | (~mask.any(-1, keepdim=True) & diag)
+
+
+def ragged_causal_mask(starts: torch.Tensor, t: int) -> torch.Tensor:
+    """[B, 1, T, S] bool mask for T new tokens per row at [starts[b], starts[b]+T), S = max(starts)+T.
+
+    Query i of row b attends keys 0..starts[b]+i; later slots (another row's longer history, or stale
+    entries of a reused cache row) are hidden. Example, starts (3, 1), T = 1, S = 4:
+        row 0: 1 1 1 1     row 1: 1 1 0 0
+    """
+    s = int(starts.max()) + t
+    qpos = starts[:, None] + torch.arange(t, device=starts.device)  # [B, T]
+    kpos = torch.arange(s, device=starts.device)
+    return (kpos[None, None, :] <= qpos[:, :, None])[:, None]

@@ -12,13 +12,14 @@ input_ids and never allocates the cache.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from qwenvl.config import TextConfig
-from qwenvl.model.attention import LayerCache, causal_attention
+from qwenvl.model.attention import LayerCache, causal_attention, ragged_causal_mask
 from qwenvl.model.layers import GatedMLP, RMSNorm
 from qwenvl.model.moe import SparseMoeBlock
 from qwenvl.model.rope import apply_rope, inv_freq, mrope_axis_map, text_cos_sin
@@ -26,10 +27,15 @@ from qwenvl.model.rope import apply_rope, inv_freq, mrope_axis_map, text_cos_sin
 
 @dataclass
 class KVCache:
-    """Engine-owned cache: k, v [L, B, Hkv, S_max, D]. The model writes into it, never allocates it."""
+    """Engine-owned cache: k, v [L, N, Hkv, S_max, D]. The model writes into it, never allocates it.
+
+    rows: None (batch row b is cache row b) or [B] long, the cache rows of the batch rows (an engine's
+    slot pool, attention.LayerCache).
+    """
 
     k: torch.Tensor
     v: torch.Tensor
+    rows: torch.Tensor | None = None
 
     @classmethod
     def allocate(cls, cfg: TextConfig, batch: int, max_len: int, dtype: torch.dtype,
@@ -41,8 +47,8 @@ class KVCache:
     def max_len(self) -> int:
         return self.k.shape[3]
 
-    def layer(self, i: int, start: int) -> LayerCache:
-        return LayerCache(self.k[i], self.v[i], start)
+    def layer(self, i: int, start: int | torch.Tensor) -> LayerCache:
+        return LayerCache(self.k[i], self.v[i], start, self.rows)
 
 
 class Attention(nn.Module):
@@ -112,10 +118,21 @@ class TextDecoder(nn.Module):
             axis = mrope_axis_map(cfg.mrope_section, cfg.mrope_interleaved).to(device)
         self.register_buffer("axis_map", axis, persistent=False)
 
-    def rope_freqs(self, seq_len: int) -> torch.Tensor:
-        """Dynamic NTK (v1, inference only): grow the base once the prompt exceeds seq_length."""
+    def rope_freqs(self, seq_len: int | Sequence[int] | torch.Tensor) -> torch.Tensor:
+        """Dynamic NTK (v1, inference only): grow the base once the prompt exceeds seq_length.
+
+        seq_len: one length -> [D/2]; one length per batch row ([B] list or tensor) -> [B, 1, D/2] when
+        any row is past seq_length (each row its own base, broadcast over T by text_cos_sin), else [D/2].
+        """
         cfg = self.cfg
-        if not cfg.use_dynamic_ntk or self.training or seq_len <= cfg.seq_length:
+        if not cfg.use_dynamic_ntk or self.training:
+            return self.inv_freq
+        if not isinstance(seq_len, int):
+            lens = [int(n) for n in (seq_len.tolist() if isinstance(seq_len, torch.Tensor) else seq_len)]
+            if max(lens) <= cfg.seq_length:
+                return self.inv_freq
+            return torch.stack([self.rope_freqs(n) for n in lens])[:, None]
+        if seq_len <= cfg.seq_length:
             return self.inv_freq
         alpha = max(2 ** math.ceil(math.log2(seq_len / cfg.seq_length) + 1) - 1, 1)
         d = cfg.head_dim
@@ -133,12 +150,15 @@ class TextDecoder(nn.Module):
         return embeds[..., :d], embeds[..., d:].unflatten(-1, (k, d))
 
     def forward(self, embeds: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None = None,
-                cache: KVCache | None = None, start: int = 0, ntk_len: int | None = None) -> torch.Tensor:
+                cache: KVCache | None = None, start: int | torch.Tensor = 0,
+                ntk_len: int | Sequence[int] | torch.Tensor | None = None) -> torch.Tensor:
         """embeds [B, T, D] or [B, T, D*(1+k)], positions [3, B, T] (M-RoPE) or [B, T] -> hidden [B, T, D].
 
         mask: [B, 1, T, start+T] bool or None (plain causal from 0). cache/start: engine-owned KV cache
-        and the absolute slot of the first new token. ntk_len: sequence length that fixes the v1
-        dynamic-NTK base (the prefill length; reused while decoding).
+        and the absolute slot of the first new token, an int for the whole batch or a [B] long tensor
+        per row (then a None mask means ragged_causal_mask: each row sees only its own [0, start+T)).
+        ntk_len: sequence length that fixes the v1 dynamic-NTK base (the prefill length; reused while
+        decoding), one int or one per row.
 
         DeepStack (Qwen3-VL): the wide form is what QwenVLModel.embed builds for a prompt with vision
         features: channels [0, D) are the input embeddings, [D*(1+j), D*(2+j)) deepstack level j, zero at
@@ -151,6 +171,8 @@ class TextDecoder(nn.Module):
         Decode steps (text only) pass plain width-D embeds.
         """
         x, deep = self.split_deepstack(embeds)
+        if isinstance(start, torch.Tensor) and mask is None:
+            mask = ragged_causal_mask(start, x.shape[1])
         freqs = self.rope_freqs(ntk_len if ntk_len is not None else start + x.shape[1])
         # v1 (1-D RoPE) rotates in fp32 (facts A.5); Qwen2/2.5/3-VL rotate in the model dtype (cos/sin cast)
         rope_dtype = torch.float32 if self.cfg.mrope_section is None else x.dtype

@@ -71,14 +71,18 @@ class QwenVLModel(nn.Module):
         return input_ids == cfg.image_token_id, input_ids == cfg.video_token_id
 
     def embed(self, input_ids: torch.Tensor, image_feats: torch.Tensor | None = None,
-              video_feats: torch.Tensor | None = None) -> torch.Tensor:
+              video_feats: torch.Tensor | None = None, *, placeholders: bool = True) -> torch.Tensor:
         """input_ids [B, T] -> embeddings [B, T, D], vision feature rows written into their slots in order.
 
         With DeepStack (cfg.n_deepstack = k > 0) and any vision slot in the batch the result is
         [B, T, D*(1+k)]: token embeddings in channels [0, D), zeros in the rest, and every vision slot
         holding its whole feature row [main | level 0 | ... | level k-1] (TextDecoder.forward splits it).
+        placeholders=False: plain token lookup [B, T, D] (decode steps: a sampled placeholder id is just
+        a token there, as in the reference, not a slot missing its features).
         """
         x = self.model.embed_tokens(input_ids)
+        if not placeholders:
+            return x
         img_mask, vid_mask = self.placeholder_masks(input_ids)
         items = (("image", img_mask, image_feats), ("video", vid_mask, video_feats))
         counts = [int(mask.sum()) for _, mask, _ in items]
@@ -99,9 +103,10 @@ class QwenVLModel(nn.Module):
 
     # -- phase 3: decoder ------------------------------------------------------------------------
     def forward(self, embeds: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None = None,
-                cache: KVCache | None = None, start: int = 0, ntk_len: int | None = None) -> torch.Tensor:
+                cache: KVCache | None = None, start: int | torch.Tensor = 0,
+                ntk_len: int | list[int] | torch.Tensor | None = None) -> torch.Tensor:
         """embeds [B, T, D] (or [B, T, D*(1+k)] from embed(), DeepStack), positions [3, B, T] or [B, T]
-        -> final hidden states [B, T, D]."""
+        -> final hidden states [B, T, D]. start / ntk_len: an int, or one per row ([B]; TextDecoder)."""
         return self.model(embeds, positions, mask, cache, start, ntk_len)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:

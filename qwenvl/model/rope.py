@@ -50,7 +50,8 @@ def text_cos_sin(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """cos/sin [B, T, D] for decoder RoPE.
 
-    positions: [3, B, T] (M-RoPE: T/H/W ids) or [B, T] (1-D). freqs: [D/2] fp32.
+    positions: [3, B, T] (M-RoPE: T/H/W ids) or [B, T] (1-D). freqs: [D/2] fp32, or [B, 1, D/2]
+    (one base per row: v1 dynamic NTK with per-request lengths).
     With M-RoPE, frequency j takes its angle from axis axis_map[j]; for text T=H=W so this is 1-D RoPE.
     Cast to the model dtype like the reference (it applies rope in the model dtype).
     """

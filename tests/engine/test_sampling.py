@@ -1,11 +1,12 @@
-"""Sampling: greedy, temperature, top-k, top-p, repetition penalty, seeds, generation_config defaults."""
+"""Sampling: greedy, temperature, top-k, top-p, min-p, penalties, seeds, logprobs, generation_config defaults."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from qwenvl.engine.sampling import SamplingParams, apply_repetition_penalty, select
+from qwenvl.engine import sampling
+from qwenvl.engine.sampling import RowSampler, SamplingParams, apply_repetition_penalty, select
 
 
 def test_greedy_is_argmax():
@@ -67,7 +68,65 @@ def test_generation_config_defaults_and_overrides():
 
 
 @pytest.mark.parametrize("kw", [{"temperature": -1}, {"top_p": 0}, {"top_p": 1.5}, {"top_k": -2},
-                                {"max_new_tokens": -1}, {"repetition_penalty": 0}])
+                                {"max_new_tokens": -1}, {"repetition_penalty": 0}, {"min_p": 2.0},
+                                {"presence_penalty": 3.0}, {"frequency_penalty": -2.5}, {"top_logprobs": 21},
+                                {"stop": ("",)}])
 def test_invalid_params_named(kw):
     with pytest.raises(ValueError, match=next(iter(kw))):
         SamplingParams(**kw)
+
+
+def test_stop_strings_normalised():
+    assert SamplingParams(stop="\n").stop == ("\n",)
+    assert SamplingParams(stop=["a", "b"]).stop == ("a", "b")
+    assert SamplingParams.from_generation_config({"min_p": 0.1}, stop=["x"]).min_p == 0.1
+
+
+def test_min_p_keeps_tokens_near_the_best():
+    # probs 0.5, 0.3, 0.15, 0.05: min_p 0.5 keeps p >= 0.25 -> {0, 1}
+    logits = torch.tensor([[0.5, 0.3, 0.15, 0.05]]).log().expand(2000, 4)
+    got = select(logits.clone(), SamplingParams(temperature=1.0, min_p=0.5), torch.Generator().manual_seed(1))
+    assert set(got.tolist()) == {0, 1}
+
+
+def test_top_p_candidates_shortcut_equals_full_sort(monkeypatch):
+    g = torch.Generator().manual_seed(5)
+    logits = torch.randn(3, 5000, generator=g) * torch.tensor([[8.0], [1.0], [0.05]])  # peaked .. flat
+    fast = sampling._top_p(logits, 0.8)
+    monkeypatch.setattr(sampling, "TOP_P_CANDIDATES", 10**9)
+    assert torch.equal(fast, sampling._top_p(logits, 0.8))
+
+
+def test_penalties_see_only_the_request_tokens():
+    logits = torch.tensor([[2.0, -2.0, 1.0, 1.0, 0.5]])
+    s = RowSampler(SamplingParams(repetition_penalty=2.0, presence_penalty=0.25, frequency_penalty=0.5), [0, 1])
+    torch.testing.assert_close(s.process(logits), torch.tensor([[1.0, -4.0, 1.0, 1.0, 0.5]]))  # prompt: rep only
+    s.observe(3)
+    s.observe(3)  # generated twice: repetition /2, frequency 2 * 0.5, presence 0.25
+    torch.testing.assert_close(s.process(logits), torch.tensor([[1.0, -4.0, 1.0, 0.5 - 1.0 - 0.25, 0.5]]))
+
+
+def test_row_sampler_seed_is_private():
+    logits = torch.randn(1, 1000)
+    p = SamplingParams(temperature=1.0, seed=9)
+    a, b = RowSampler(p, []), RowSampler(p, [])
+    torch.rand(100)  # the global RNG moving does not matter
+    seq_a = [a(logits)[0] for _ in range(20)]
+    seq_b = [b(logits)[0] for _ in range(20)]
+    assert seq_a == seq_b and len(set(seq_a)) > 5
+
+
+def test_draw_follows_the_probabilities():
+    probs = torch.tensor([[0.6, 0.0, 0.3, 0.1]]).expand(30000, 4)
+    got = sampling.draw(probs, torch.Generator().manual_seed(0))
+    freq = torch.bincount(got, minlength=4).float() / len(got)
+    assert freq[1] == 0 and (freq - probs[0]).abs().max() < 0.01
+
+
+def test_logprobs_are_of_the_processed_distribution():
+    logits = torch.tensor([[3.0, 2.0, 1.0, 0.0]])
+    p = SamplingParams(temperature=0.5, top_k=2, seed=0, logprobs=True, top_logprobs=3)
+    tok, lp = RowSampler(p, [])(logits)
+    want = (logits / 0.5).masked_fill(torch.tensor([[False, False, True, True]]), float("-inf")).log_softmax(-1)[0]
+    assert lp.token_id == tok and lp.logprob == pytest.approx(float(want[tok]))
+    assert [t for t, _ in lp.top[:2]] == [0, 1] and lp.top[2][1] == float("-inf")

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import qwenvl
-import qwenvl.engine.batch_generate as bg
 from qwenvl.data import generate, load_records
-from qwenvl.engine.generate import Generation
+from qwenvl.engine.engine import Engine
+from qwenvl.engine.scheduler import Generation
 from qwenvl.eval.runner import evaluate, markdown_table
 
 
@@ -17,11 +17,11 @@ def test_reference_answers_score_full_marks(tiny_ckpt, tmp_path, monkeypatch):
     records = list(load_records(tmp_path / "test.jsonl"))
     answers = iter([r["messages"][-1]["content"][0]["text"] for r in records])
 
-    def oracle(model, inputs, params):  # the generator's own answers, as token ids
+    def oracle(engine, inputs, params):  # the generator's own answers, as token ids
         return [Generation(pipe.processor.tokenizer.encode(next(answers)), "stop", len(i.input_ids))
                 for i in inputs]
 
-    monkeypatch.setattr(bg, "generate_batch", oracle)
+    monkeypatch.setattr(Engine, "generate_batch", oracle)
     report = evaluate(pipe, records, batch_size=4, progress=False, likelihood=False)
     summary = report["summary"]
     for task, metric in (("vqa", "vqa_acc"), ("count", "vqa_acc"), ("grounding", "acc_iou50")):

@@ -1,0 +1,454 @@
+"""Weight-only int8 / int4 quantization of the text decoder, for inference on CPU.
+
+    report = quantize_model(model, "int8")             # or "int4" (group_size 32 | 64 (default) | 128 | 256)
+    report["decoder"]["quant_bytes"]                   # vs report["decoder"]["float_bytes"]
+
+What is replaced, in place: every nn.Linear under `model.model.layers` (q/k/v/o, dense gate/up/down) by a
+QuantLinear, every MoE `mlp.experts` by a QuantExperts, and (lm_head="int8" by default) the lm_head, which
+for tied embeddings is a new quantized copy of embed_tokens while the float table stays for lookups.
+Untouched: the vision tower and adapter, norms, embed_tokens, and the MoE router (`mlp.gate`: its
+logits pick the experts, fp32 softmax, and it is tiny).
+
+Schemes: int8 symmetric per output row, q in [-127, 127], w = q * s. int4 asymmetric min/max per group
+of G input channels, q in [0, 15], w = (q - 8) * s + z (the tinygemm convention of torch's kernel).
+
+Kernels (torch 2.13 CPU; bench/bench_quant.py measures them):
+    torch.ops.aten._weight_int8pack_mm(x [M, K], q [N, K] int8, s [N]) -> [M, N]
+    torch.ops.aten._weight_int4pack_mm_for_cpu(x [M, K], packed [N, K/2] u8, G, sz [K/G, N, 2]) -> [M, N]
+  x, s and sz must share one dtype; fp32 works but runs scalar code (4x slower than bf16 at M = 1, 30x
+  at M = 256), so on CPU the quantized matmuls compute in bf16 whatever the model dtype: x is cast to
+  bf16 and the result back to x's dtype. Shape rules: the int4 kernel wants N % 16 == 0, K % G == 0, G in
+  {32, 64, 128, 256}; the bf16 int8 kernel silently returns garbage or segfaults unless K % 16 == 0.
+  Other shapes are zero-padded (weight rows / columns at quantize time, x columns per call) rather than
+  refused, so tiny test models work; real Qwen sizes need no padding.
+  Both kernels are GEMV-grade (~120 GFLOP/s from M = 16 on 2 cores, against ~0.8-1.5 TFLOP/s for the
+  bf16 AMX GEMM), so from INT8_DEQUANT_ROWS / INT4_DEQUANT_ROWS rows (prefill, big batches) the weight is
+  dequantized block by block into a reused buffer and multiplied by the bf16 GEMM instead.
+  Off CPU, int8 always dequantizes (in the model dtype); int4's packed layout is CPU-only, so
+  quantize_model refuses int4 there.
+
+Measured (bench/bench_quant.py, 2 shared cores, two quiet runs 2026-12-01; ms per call, bf16 / int8 / int4 g64):
+    decode  1 x 4096 x 11008     6.3-6.4 / 2.2-2.6 / 1.7-2.0      (bandwidth limit 20-22 GB/s)
+    prefill 256 x 4096 x 4096    9.0-11.7 / 9.8-15 / 17-23        (the kernels alone: 75-88 / 68-78)
+    MoE E 128 top-8, 1 token     7.4-8.1 / 4.5-5.1 / 2.2          (grouped_mm / loop over the hit experts)
+    MoE, 256 tokens              102-112 / 225-275 / 200-225      (the loop's small GEMMs; see QuantExperts)
+    Qwen2-VL-2B-shaped decoder   3.5-4.8 / 5.1-6.5 / 8.1 tok/s    (int8's kernel is compute-bound at K = 1536)
+
+Inference only: buffers replace parameters, there is no backward and no state_dict format; weights.save_model
+refuses a model with `model.quantized` set. This module must not read files or import processing / HTTP.
+(Over 400 lines: each scheme's kernel quirks sit beside the code that works around them.)
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from qwenvl.model.moe import MoeExperts
+
+MODES = ("int8", "int4")
+INT4_GROUP_SIZES = (32, 64, 128, 256)
+# int4 group: 64 beat 128 on the trained tiny models (rms logit error / std 0.050 vs 0.080 for Qwen-VL v1,
+# 0.040 vs 0.045 for Qwen2.5-VL) for 6% more bytes (4.5 vs 4.25 bits / weight); 32 was no better than 64
+DEFAULT_GROUP_SIZE = 64
+# rows from which dequantize + bf16 GEMM beats the kernels (bench/bench_quant.py, 2 cores with AMX, 4096^2:
+# int8 kernel 5.3 vs 4.2 ms at M = 16; int4 kernel 18.4 vs 16.9 ms at M = 64, 5.0 vs 17.9 ms at M = 16)
+INT8_DEQUANT_ROWS = 16
+INT4_DEQUANT_ROWS = 64
+# weights dequantized per block (into _scratch buffers: 32 MB bf16; int4 also 16 MB fp32)
+_DEQUANT_ELEMS = 1 << 24
+_DEQUANT_ELEMS_INT4 = 1 << 22
+_SCRATCH: dict[tuple[str, torch.dtype, str], torch.Tensor] = {}  # process-wide: not for concurrent threads
+_INT8 = torch.ops.aten._weight_int8pack_mm
+_INT4 = torch.ops.aten._weight_int4pack_mm_for_cpu
+_INT4_PACK = torch.ops.aten._convert_weight_to_int4pack_for_cpu
+
+
+def _round_up(n: int, m: int) -> int:
+    return -(-n // m) * m
+
+
+# ---------------------------------------------------------------------------------------------
+# int8: symmetric per row
+
+
+@torch.no_grad()
+def quantize_int8(w: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """w [..., N, K] -> (q [..., N, Kp] int8, scales [..., N] in `dtype`), w ~= q[..., :K] * scales[..., None].
+
+    Kp = K rounded up to 16 with zero columns: the bf16 kernel reads K in steps of 16 and, for other K,
+    returns inf / nan or segfaults (torch 2.13 CPU, found by this module's tests; fp32 is fine).
+    q is rounded against the stored (dtype-rounded) scale, so the dequantized weight is what the kernel sees.
+    """
+    wf = w.float()
+    s = (wf.abs().amax(-1) / 127).clamp_min(1e-12).to(dtype)
+    q = (wf / s.float()[..., None]).round_().clamp_(-127, 127).to(torch.int8)
+    k = w.shape[-1]
+    return F.pad(q, (0, _round_up(k, 16) - k)), s
+
+
+def int8_kernel_mm(x: torch.Tensor, q: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """x [M, K] (s's dtype) @ (q[:, :K] * s[:, None]).T -> [M, N] through the CPU kernel (x padded to Kp)."""
+    k, kp = x.shape[1], q.shape[1]
+    return _INT8(F.pad(x, (0, kp - k)) if kp != k else x.contiguous(), q, s)
+
+
+def _scratch(name: str, dtype: torch.dtype, device: torch.device, numel: int) -> torch.Tensor:
+    """A reusable 1-D buffer of >= numel elements per (name, dtype, device), grown on demand.
+
+    Fresh buffers above glibc's mmap threshold page-fault on every call (measured 9.6 ms per 32 MB, more
+    than the GEMM that follows); reusing one costs a copy only (2 ms per 16M int8 -> bf16). Calls run in
+    order (CPU, or one CUDA stream), so a block is consumed before the next overwrites it.
+    """
+    key = (name, dtype, str(device))
+    buf = _SCRATCH.get(key)
+    if buf is None or buf.numel() < numel:
+        buf = _SCRATCH[key] = torch.empty(numel, dtype=dtype, device=device)
+    return buf[:numel]
+
+
+def _row_blocks(n: int, k: int, max_elems: int, multiple: int) -> int:
+    """Rows per block: N split evenly into blocks of <= max_elems weights, a multiple of `multiple` rows."""
+    blocks = -(-n * k // max_elems)
+    return _round_up(-(-n // blocks), multiple)
+
+
+def int8_dequant_mm(x: torch.Tensor, q: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """The same product as a GEMM on the exact q (int8 fits bf16), output columns scaled after; blocks of
+    <= _DEQUANT_ELEMS weights converted into a reused buffer. Any device."""
+    k, n = x.shape[1], q.shape[0]
+    rows = _row_blocks(n, k, _DEQUANT_ELEMS, 16)
+    buf = _scratch("weight", x.dtype, x.device, min(rows, n) * k)
+    outs = []
+    for r in range(0, n, rows):
+        c = min(rows, n - r)
+        w = buf[:c * k].view(c, k)
+        w.copy_(q[r:r + c, :k])
+        outs.append(F.linear(x, w))
+    return (torch.cat(outs, 1) if len(outs) > 1 else outs[0]) * s
+
+
+def int8_mm(x: torch.Tensor, q: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """Kernel below INT8_DEQUANT_ROWS rows on CPU, else dequantize + GEMM."""
+    if x.device.type == "cpu" and x.shape[0] < INT8_DEQUANT_ROWS:
+        return int8_kernel_mm(x, q, s)
+    return int8_dequant_mm(x, q, s)
+
+
+# ---------------------------------------------------------------------------------------------
+# int4: asymmetric per group, in the CPU kernel's packed layout
+
+
+@torch.no_grad()
+def quantize_int4(w: torch.Tensor, group: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """w [N, K] -> (packed [Np, Kp/2] uint8, scales_zeros [Kp/G, Np, 2] in `dtype`).
+
+    Np = N rounded up to 16 and Kp = K rounded up to G, padded with zeros (int4_mm pads x with zero
+    columns and drops the extra output rows, so the padding never reaches a result).
+    Per group of G consecutive inputs of one row: s = (max - min) / 15, z = min + 8 s, q = round((w - z) / s + 8).
+    """
+    if group not in INT4_GROUP_SIZES:
+        raise ValueError(f"int4 group_size {group} is not one the CPU kernel takes: {INT4_GROUP_SIZES}")
+    n, k = w.shape
+    np_, kp = _round_up(n, 16), _round_up(k, group)
+    wf = F.pad(w.float(), (0, kp - k, 0, np_ - n)).view(np_, kp // group, group)
+    lo, hi = wf.amin(-1), wf.amax(-1)
+    s = ((hi - lo) / 15).clamp_min(1e-12).to(dtype)
+    z = (lo + 8 * s.float()).to(dtype)
+    q = ((wf - z.float()[..., None]) / s.float()[..., None] + 8).round_().clamp_(0, 15)
+    packed = _INT4_PACK(q.view(np_, kp).to(torch.int32).contiguous(), 1)
+    return packed, torch.stack([s, z], -1).transpose(0, 1).contiguous()
+
+
+@functools.cache
+def _int4_block_n() -> int | None:
+    """Rows per packed block of this torch build's CPU int4 layout (64 AVX-512, 32 AVX2), checked by a
+    round trip; None when unpack_int4 would not invert the packing (then int4 always uses the kernel)."""
+    block = {"AVX512": 64, "AVX2": 32}.get(torch.backends.cpu.get_cpu_capability())
+    if block is None:
+        return None
+    q = torch.randint(0, 16, (block + 48, 64), generator=torch.Generator().manual_seed(0), dtype=torch.int32)
+    ok = torch.equal(unpack_int4(_INT4_PACK(q, 1), q.shape[0], block), q.T.to(torch.uint8))
+    return block if ok else None
+
+
+def unpack_int4(packed: torch.Tensor, n: int, block: int) -> torch.Tensor:
+    """packed [N, K/2] (the CPU kernel's layout) -> q [K, N] uint8 (transposed: what the kernel reads).
+
+    The layout (aten/src/ATen/native/cpu/int4mm_kernel.cpp, weight_to_int4pack_kernel): rows in blocks of
+    `block`, each block stored k-major as [K, block/2] bytes. A full block holds row j in the low nibble of
+    byte j and row block/2 + j in the high nibble; the tail block (16, 32 or 48 rows) pairs rows 2j, 2j+1.
+    Example, block 64, one k: byte 3 = (row 35 << 4) | row 3.
+    """
+    k = packed.numel() * 2 // n
+    flat = packed.reshape(-1)
+    full = n // block * block
+    head = flat[: full * k // 2].view(-1, k, block // 2)  # [blocks, K, block/2]
+    head = torch.cat([head & 15, head >> 4], -1).transpose(0, 1).reshape(k, full)
+    if full == n:
+        return head
+    tail = flat[full * k // 2:].view(k, (n - full) // 2)
+    tail = torch.stack([tail & 15, tail >> 4], -1).view(k, n - full)
+    return torch.cat([head, tail], 1)
+
+
+def _int4_dequantize_rows(packed: torch.Tensor, sz: torch.Tensor, group: int, block: int,
+                          out: torch.Tensor) -> torch.Tensor:
+    """Rows [r0, r0 + c) of the packed matrix (r0 a multiple of `block`) and their sz [Kp/G, c, 2] -> w.T
+    [Kp, c], written into out."""
+    c = sz.shape[1]
+    q = unpack_int4(packed, c, block).view(-1, group, c)
+    s, z = sz[..., 0].unsqueeze(1).float(), sz[..., 1].unsqueeze(1).float()  # [Kp/G, 1, c]
+    w = _scratch("int4 fp32", torch.float32, q.device, q.numel()).view(q.shape)
+    w.copy_(q)
+    torch.addcmul(z - 8 * s, w, s, out=w)  # (q - 8) s + z; fp32 elementwise is ~2x faster than bf16 here
+    return out.copy_(w.view(-1, c))
+
+
+def int4_dequantize(packed: torch.Tensor, sz: torch.Tensor, group: int) -> torch.Tensor | None:
+    """-> w.T [Kp, Np] in sz's dtype (a new tensor), or None where this build's packed layout is unknown."""
+    block = _int4_block_n()
+    if block is None:
+        return None
+    kp, np_ = sz.shape[0] * group, sz.shape[1]
+    out = torch.empty(kp, np_, dtype=sz.dtype, device=packed.device)
+    rows = _row_blocks(np_, kp, _DEQUANT_ELEMS_INT4, block)
+    for r in range(0, np_, rows):
+        _int4_dequantize_rows(packed[r:r + rows], sz[:, r:r + rows], group, block, out[:, r:r + rows])
+    return out
+
+
+def int4_kernel_mm(x: torch.Tensor, packed: torch.Tensor, sz: torch.Tensor, group: int) -> torch.Tensor:
+    """x [M, K] (sz's dtype) @ w.T -> [M, Np] through the CPU kernel (x padded to Kp)."""
+    k, kp = x.shape[1], sz.shape[0] * group
+    return _INT4(F.pad(x, (0, kp - k)) if kp != k else x.contiguous(), packed, group, sz)
+
+
+def int4_dequant_mm(x: torch.Tensor, packed: torch.Tensor, sz: torch.Tensor, group: int) -> torch.Tensor:
+    """The same product, dequantizing blocks of <= _DEQUANT_ELEMS_INT4 weights (a multiple of the packed row
+    block) into a reused buffer for a bf16 GEMM. Needs a known packed layout (_int4_block_n() not None)."""
+    k, kp, np_ = x.shape[1], sz.shape[0] * group, sz.shape[1]
+    block = _int4_block_n()
+    rows = _row_blocks(np_, kp, _DEQUANT_ELEMS_INT4, block)
+    buf = _scratch("weight", x.dtype, x.device, min(rows, np_) * kp)
+    outs = []
+    for r in range(0, np_, rows):
+        c = min(rows, np_ - r)
+        wt = _int4_dequantize_rows(packed[r:r + c], sz[:, r:r + c], group, block, buf[:kp * c].view(kp, c))
+        outs.append(x @ wt[:k])
+    return torch.cat(outs, 1) if len(outs) > 1 else outs[0]
+
+
+def int4_mm(x: torch.Tensor, packed: torch.Tensor, sz: torch.Tensor, group: int, n: int) -> torch.Tensor:
+    """x [M, K] @ w.T -> [M, n], w the [n, K] matrix quantize_int4 packed: kernel below INT4_DEQUANT_ROWS
+    rows (or when the packed layout is unknown), else dequantize + GEMM."""
+    if x.shape[0] < INT4_DEQUANT_ROWS or _int4_block_n() is None:
+        y = int4_kernel_mm(x, packed, sz, group)
+    else:
+        y = int4_dequant_mm(x, packed, sz, group)
+    return y[:, :n] if y.shape[1] != n else y
+
+
+def _quantize(w: torch.Tensor, mode: str, group: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """One [N, K] matrix, 1024 rows at a time: the fp32 / int32 temporaries of a 151936-row lm_head would
+    take GBs. Packing row blocks that are multiples of the kernel's 32 / 64-row blocks and concatenating
+    them gives the same bytes as packing the whole (each packed block is contiguous, in row order)."""
+    parts = [quantize_int8(c, dtype) if mode == "int8" else quantize_int4(c, group, dtype) for c in w.split(1024)]
+    if len(parts) == 1:
+        return parts[0]
+    q = torch.cat([q for q, _ in parts])
+    return (q, torch.cat([s for _, s in parts])) if mode == "int8" else (q, torch.cat([s for _, s in parts], 1))
+
+
+def _qmm(x: torch.Tensor, q: torch.Tensor, s: torch.Tensor, mode: str, group: int, n: int) -> torch.Tensor:
+    return int8_mm(x, q, s) if mode == "int8" else int4_mm(x, q, s, group, n)
+
+
+def _dequantize(q: torch.Tensor, s: torch.Tensor, mode: str, group: int, n: int, k: int) -> torch.Tensor:
+    """The [n, k] weight one quantized matrix stands for, in the compute dtype (tests, debugging)."""
+    if mode == "int8":
+        return q[:, :k].to(s.dtype) * s[:, None]
+    wt = int4_dequantize(q, s, group)
+    if wt is None:  # unknown packed layout: let the kernel dequantize (x = identity)
+        wt = _INT4(torch.eye(s.shape[0] * group, dtype=s.dtype), q, group, s)
+    return wt[:k, :n].T
+
+
+def _nbytes(*ts: torch.Tensor) -> int:
+    return sum(t.numel() * t.element_size() for t in ts)
+
+
+# ---------------------------------------------------------------------------------------------
+# modules
+
+
+class QuantLinear(nn.Module):
+    """Stand-in for nn.Linear with a weight-only quantized weight: x [..., K] -> [..., N] in x's dtype.
+
+    Buffers: int8 qweight [N, Kp] int8 (Kp: K rounded up to 16), scales [N]; int4 qweight [Np, Kp/2]
+    uint8 (kernel layout), scales [Kp/G, Np, 2] (scale, zero). scales.dtype is the compute dtype; bias
+    keeps the model dtype.
+    """
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, mode: str, group_size: int,
+                 compute_dtype: torch.dtype) -> None:
+        super().__init__()
+        self.out_features, self.in_features = weight.shape
+        self.mode, self.group_size = mode, group_size
+        q, s = _quantize(weight.detach(), mode, group_size, compute_dtype)
+        self.register_buffer("qweight", q)
+        self.register_buffer("scales", s)
+        self.register_buffer("bias", None if bias is None else bias.detach().clone())
+        kp = q.shape[1] if mode == "int8" else s.shape[0] * group_size
+        # zero rows / columns added for the kernels' shape rules (quantize_int8 / quantize_int4)
+        self.padded = q.shape[0] != self.out_features or kp != self.in_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = _qmm(x.reshape(-1, x.shape[-1]).to(self.scales.dtype), self.qweight, self.scales, self.mode,
+                 self.group_size, self.out_features).to(x.dtype)
+        if self.bias is not None:
+            y = y + self.bias
+        return y.view(*x.shape[:-1], self.out_features)
+
+    def dequantize(self) -> torch.Tensor:
+        """The weight [N, K] this module computes with (the compute dtype)."""
+        return _dequantize(self.qweight, self.scales, self.mode, self.group_size, self.out_features,
+                           self.in_features)
+
+    def extra_repr(self) -> str:
+        g = f", group_size={self.group_size}" if self.mode == "int4" else ""
+        return f"in_features={self.in_features}, out_features={self.out_features}, {self.mode}{g}"
+
+
+class QuantExperts(nn.Module):
+    """Stand-in for moe.MoeExperts: the same routing, each expert's gate_up [2I, H] and down [H, I] quantized.
+
+    Buffers stack the per-expert quantized weights on a leading E axis (gate_up_q / gate_up_s, down_q /
+    down_s, laid out as in QuantLinear). The slots are sorted by expert as in MoeExperts; then a loop over
+    the experts that got tokens runs each block through int8_mm / int4_mm (kernel for a few rows, dequantize
+    + GEMM for many), so a decode step reads only the k hit experts' bytes: 1.6x (int8) / 3.7x (int4)
+    faster than bf16 grouped_mm at one token. At prefill sizes (~16 rows per expert) the loop's many
+    small GEMMs make int8 ~2x slower than bf16 grouped_mm (a grouped int8 kernel would fix it); gathering
+    the hit experts' dequantized weights for grouped_mm was 10x slower still (GBs of fresh bf16 copies).
+    The loop needs the per-expert counts on the host (one sync per layer).
+    """
+
+    def __init__(self, experts: MoeExperts, mode: str, group_size: int, compute_dtype: torch.dtype) -> None:
+        super().__init__()
+        self.num_experts, self.act = experts.num_experts, experts.act
+        self.mode, self.group_size = mode, group_size
+        self.inter, self.hidden = experts.down_proj.shape[2], experts.down_proj.shape[1]
+        for name in ("gate_up", "down"):
+            w = getattr(experts, name + "_proj").detach()
+            # expert by expert: one expert's fp32 temporaries at a time
+            qs = [_quantize(w[e], mode, group_size, compute_dtype) for e in range(w.shape[0])]
+            self.register_buffer(name + "_q", torch.stack([q for q, _ in qs]))
+            self.register_buffer(name + "_s", torch.stack([s for _, s in qs]))
+
+    def forward(self, x: torch.Tensor, experts: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """x [S, H], experts / weights [S, k] -> sum_j weights[:, j] * expert_{experts[:, j]}(x)  [S, H]."""
+        k = experts.shape[1]
+        flat = experts.reshape(-1)
+        order = flat.argsort(stable=True)
+        token = order // k
+        counts = torch.bincount(flat, minlength=self.num_experts).tolist()
+        xs = x[token].to(self.down_s.dtype)
+        outs, start = [], 0
+        for e, n in enumerate(counts):
+            if n:
+                gu = _qmm(xs[start:start + n], self.gate_up_q[e], self.gate_up_s[e], self.mode, self.group_size,
+                          2 * self.inter)
+                gate, up = gu.chunk(2, dim=-1)
+                outs.append(_qmm(self.act(gate) * up, self.down_q[e], self.down_s[e], self.mode, self.group_size,
+                                 self.hidden))
+                start += n
+        y = torch.cat(outs) * weights.reshape(-1)[order, None]
+        return x.new_zeros(x.shape).index_add(0, token, y.to(x.dtype))
+
+    def dequantize(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(gate_up [E, 2I, H], down [E, H, I]) as MoeExperts holds them, in the compute dtype."""
+        m, g = self.mode, self.group_size
+        gate_up = [_dequantize(q, s, m, g, 2 * self.inter, self.hidden)
+                   for q, s in zip(self.gate_up_q, self.gate_up_s, strict=True)]
+        down = [_dequantize(q, s, m, g, self.hidden, self.inter) for q, s in zip(self.down_q, self.down_s, strict=True)]
+        return torch.stack(gate_up), torch.stack(down)
+
+    def extra_repr(self) -> str:
+        g = f", group_size={self.group_size}" if self.mode == "int4" else ""
+        return f"num_experts={self.num_experts}, hidden={self.hidden}, inter={self.inter}, {self.mode}{g}"
+
+
+# ---------------------------------------------------------------------------------------------
+# the model transform
+
+
+def _targets(decoder: nn.Module) -> list[tuple[str, nn.Module, str, nn.Module]]:
+    """(qualified name, parent, attribute, module) of every nn.Linear / MoeExperts under decoder.layers."""
+    out = []
+    for pname, parent in decoder.layers.named_modules(prefix="model.layers"):
+        for attr, child in parent.named_children():
+            if isinstance(child, (nn.Linear, MoeExperts)):
+                out.append((f"{pname}.{attr}", parent, attr, child))
+    return out
+
+
+@torch.no_grad()
+def quantize_model(model: nn.Module, mode: str = "int8", group_size: int = DEFAULT_GROUP_SIZE,
+                   lm_head: str | None = "int8") -> dict:
+    """Quantize a QwenVLModel's text decoder in place (weight-only); returns a report of what changed.
+
+    mode: "int8" | "int4" for the decoder layers' linears and MoE experts. group_size: int4 only (32, 64,
+    128 or 256 input channels per scale / zero). lm_head: "int8" | "int4" | None (keep float); with tied
+    embeddings a quantized copy becomes model.lm_head and embed_tokens stays float for the lookups.
+    Works on fp32 or bf16 models, in train or eval mode. The result is for inference only: no gradients
+    reach the quantized weights, and weights.save_model refuses it (model.quantized is set to the report).
+
+    Report: {"mode", "group_size", "compute_dtype", "linears", "experts", "padded": [names],
+    "decoder": {"numel", "float_bytes", "quant_bytes"}, "lm_head": {"mode", "tied", ...bytes} or None}.
+    """
+    if mode not in MODES:
+        raise ValueError(f"unknown quantization mode {mode!r}; choose one of {list(MODES)}")
+    if lm_head not in (None, *MODES):
+        raise ValueError(f"unknown lm_head quantization {lm_head!r}; choose one of {[None, *MODES]}")
+    if getattr(model, "quantized", None):
+        raise ValueError("model is already quantized")
+    emb = model.model.embed_tokens.weight
+    uses_int4 = "int4" in (mode, lm_head)
+    if uses_int4 and group_size not in INT4_GROUP_SIZES:
+        raise ValueError(f"int4 group_size {group_size} is not one the CPU kernel takes: {INT4_GROUP_SIZES}")
+    if uses_int4 and emb.device.type != "cpu":
+        raise ValueError(f"int4 uses torch's CPU kernel and its packed layout; the model is on {emb.device}. "
+                         "Use int8 there.")
+    # CPU: the kernels' fp32 paths are scalar code, so compute in bf16 (module docstring)
+    compute = torch.bfloat16 if emb.device.type == "cpu" else emb.dtype
+    report: dict = {"mode": mode, "group_size": group_size if uses_int4 else None,
+                    "compute_dtype": str(compute).removeprefix("torch."), "linears": 0, "experts": 0,
+                    "padded": [], "decoder": {"numel": 0, "float_bytes": 0, "quant_bytes": 0}, "lm_head": None}
+    dec = report["decoder"]
+    for name, parent, attr, child in _targets(model.model):
+        before = list(child.parameters()) if isinstance(child, MoeExperts) else [child.weight]
+        if isinstance(child, MoeExperts):
+            new = QuantExperts(child, mode, group_size, compute)
+            report["experts"] += 1
+            after = [new.gate_up_q, new.gate_up_s, new.down_q, new.down_s]
+        else:
+            new = QuantLinear(child.weight, child.bias, mode, group_size, compute)
+            report["linears"] += 1
+            after = [new.qweight, new.scales]
+            if new.padded:
+                report["padded"].append(name)
+        dec["numel"] += sum(p.numel() for p in before)
+        dec["float_bytes"] += _nbytes(*before)
+        dec["quant_bytes"] += _nbytes(*after)
+        setattr(parent, attr, new)
+    if lm_head is not None:
+        tied = model.lm_head is None
+        w = emb if tied else model.lm_head.weight
+        model.lm_head = QuantLinear(w, None, lm_head, group_size, compute)
+        report["lm_head"] = {"mode": lm_head, "tied": tied, "numel": w.numel(), "float_bytes": _nbytes(w),
+                             "quant_bytes": _nbytes(model.lm_head.qweight, model.lm_head.scales)}
+    model.quantized = report
+    return report
