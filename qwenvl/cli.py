@@ -106,7 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--max-new-tokens", type=int, default=None)
         q.add_argument("--temperature", type=float, default=None)
         q.add_argument("--seed", type=int, default=None)
-        q.add_argument("--dtype", default="float32")
+        q.add_argument("--dtype", default="float32",
+                       help="float32 | bfloat16 | auto (bf16 where the CPU has avx512_bf16 or AMX, else fp32)")
         q.add_argument("--device", default="cpu")
     t = sub.add_parser("train", help="train from a TOML recipe (recipes/*.toml)")
     t.add_argument("recipe", help="path to a recipe, e.g. recipes/stage1_pretrain.toml")

@@ -53,11 +53,16 @@ def resolve_model(path: str | Path | None) -> Path:
     return folder
 
 
-def _dtype(dtype: str | torch.dtype) -> torch.dtype:
+def _dtype(dtype: str | torch.dtype, device: str | torch.device = "cpu") -> torch.dtype:
+    """A dtype name, or "auto": bf16 where the device computes it natively, else fp32 (engine/precision.py)."""
     if isinstance(dtype, torch.dtype):
         return dtype
+    if dtype == "auto":
+        from qwenvl.engine.precision import auto_dtype
+
+        return auto_dtype(device)[0]
     if dtype not in DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(DTYPES)}")
+        raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(DTYPES) + ['auto']}")
     return DTYPES[dtype]
 
 
@@ -200,7 +205,7 @@ def load(path: str | Path | None = None, dtype: str | torch.dtype = "float32",
     folder = resolve_model(path)
     cfg = read_config(folder)
     processor = families.of(cfg).build_processor(folder, cfg)  # fail on a missing tokenizer before weights
-    model = load_model(folder, _dtype(dtype), device, cfg)
+    model = load_model(folder, _dtype(dtype, device), device, cfg)
     if quantize is not None:
         quantize_model(model, quantize)
     gen_path = folder / "generation_config.json"

@@ -1,0 +1,35 @@
+"""dtype="auto": bf16 only where the CPU computes it natively (the flags decide), fp32 elsewhere."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from qwenvl.engine.precision import auto_dtype, cpu_flags
+
+
+@pytest.mark.parametrize("flags, want", [
+    ({"avx2", "avx512f", "avx512_bf16"}, torch.bfloat16),
+    ({"avx2", "amx_bf16", "amx_tile"}, torch.bfloat16),
+    ({"avx2", "avx512f", "avx512_vnni"}, torch.float32),  # the Xeon where bf16 ran 3.5x slower than fp32
+    (set(), torch.float32),
+])
+def test_auto_follows_native_bf16_flags(flags, want):
+    dtype, why = auto_dtype("cpu", flags)
+    assert dtype == want and why
+    assert dtype != torch.float16  # never fp16 on CPU
+
+
+def test_auto_on_this_machine_matches_its_flags():
+    native = bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
+    assert auto_dtype("cpu")[0] == (torch.bfloat16 if native else torch.float32)
+
+
+def test_load_accepts_auto_and_names_bad_dtypes(tiny_ckpt):
+    import qwenvl
+
+    folder, _ = tiny_ckpt("qwen2_5_vl")
+    pipe = qwenvl.load(folder, dtype="auto")
+    assert pipe.model.model.embed_tokens.weight.dtype == auto_dtype("cpu")[0]
+    with pytest.raises(ValueError, match="auto"):
+        qwenvl.load(folder, dtype="float8")
