@@ -12,6 +12,11 @@ position, attention masked per row), then waiting requests are admitted into fre
 prefilled together (right-padded; each its own images / videos) and sample their first token.
 Requests can be submitted and cancelled between steps; a cancel frees the slot at once.
 
+Two caches make the next chat turn cheap (engine.stats counts them): vision features per image /
+video item by content hash (engine/vision_cache.py, `vision_cache_bytes`, 0 disables), and prefix
+reuse (engine/prefix.py, `prefix_cache`): a finished request's slot keeps its KV, and a prompt that
+starts with the same tokens AND the same images prefills only the rest, from start = matched length.
+
 The model is reached only through its phased API: encode_images, embed, forward, logits. The engine
 knows nothing of chat templates or HTTP; text comes from the `decode(ids) -> str` it is given. It is
 not thread-safe: one thread calls submit / step / cancel (a server runs the loop in one task).
@@ -26,9 +31,11 @@ from collections.abc import Callable, Iterator, Sequence
 import torch
 
 from qwenvl.engine.kv import KVPool
+from qwenvl.engine.prefix import PrefixCache, position_keys
 from qwenvl.engine.sampling import RowSampler, SamplingParams
 from qwenvl.engine.scheduler import Event, Generation, Request, Scheduler
 from qwenvl.engine.stops import TextStream
+from qwenvl.engine.vision_cache import DEFAULT_VISION_CACHE_BYTES, VisionCache, encode_items, model_key, split_items
 from qwenvl.inputs import ModelInputs
 
 DEFAULT_PREFILL_TOKENS = 8192  # padded tokens per prefill forward
@@ -42,6 +49,12 @@ def model_device(model) -> torch.device:
 def _cat(parts: list[torch.Tensor | None]) -> torch.Tensor | None:
     parts = [p for p in parts if p is not None]
     return torch.cat(parts) if parts else None
+
+
+def _n_items(inp: ModelInputs) -> int:
+    """Images + videos of a prompt (v1: one image per pixel row, no grid)."""
+    n_img = len(inp.image_grid) or (0 if inp.image_pixels is None else len(inp.image_pixels))
+    return n_img + len(inp.video_grid)
 
 
 @torch.no_grad()
@@ -109,16 +122,22 @@ class Engine:
     def __init__(self, model, *, decode: Callable[[list[int]], str] | None = None, n_slots: int | None = None,
                  max_len: int | None = None, memory_bytes: int | None = None,
                  prefill_tokens: int = DEFAULT_PREFILL_TOKENS, dtype: torch.dtype | None = None,
-                 device: torch.device | str | None = None) -> None:
+                 device: torch.device | str | None = None, vision_cache_bytes: int = DEFAULT_VISION_CACHE_BYTES,
+                 prefix_cache: bool = True) -> None:
         """n_slots / max_len / memory_bytes size the pool (engine/kv.py); dtype defaults to the dtype of
-        the model's embeddings, device to the model's."""
+        the model's embeddings, device to the model's. vision_cache_bytes: budget of the image-embedding
+        cache (0: off); prefix_cache: keep finished requests' KV for prompts that extend them."""
         self.model = model
         self.decode = decode
         self.device = torch.device(device) if device is not None else model_device(model)
         if dtype is None:
             dtype = model.embed(torch.zeros(1, 1, dtype=torch.long, device=self.device)).dtype
         self.pool = KVPool.create(model.cfg.text, dtype, self.device, n_slots, max_len, memory_bytes)
-        self.scheduler = Scheduler(self.pool, prefill_tokens)
+        self.vision_cache = VisionCache(vision_cache_bytes) if vision_cache_bytes else None
+        self.prefix = PrefixCache(model) if prefix_cache else None
+        self._model_key = model_key(model)
+        self.scheduler = Scheduler(self.pool, prefill_tokens, self.prefix)
+        self._counts = {"prefill_tokens": 0, "prefix_reused_tokens": 0, "vision_items_encoded": 0}
         self.requests: dict[int, Request] = {}
         self._ids = itertools.count()
         self._failed = False  # a request failed in this step (progress, though no token came)
@@ -126,6 +145,18 @@ class Engine:
     @property
     def busy(self) -> bool:
         return self.scheduler.busy
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """Counters since construction: prompt tokens prefilled / reused from a cached slot, prefix
+        hits and evictions, vision items encoded, vision cache hits / misses / evictions / bytes."""
+        out = dict(self._counts)
+        vc, pc = self.vision_cache, self.prefix
+        out.update(vision_hits=vc.hits if vc else 0, vision_misses=vc.misses if vc else 0,
+                   vision_evictions=vc.evictions if vc else 0, vision_cache_bytes=vc.nbytes if vc else 0,
+                   prefix_hits=pc.hits if pc else 0, prefix_evictions=pc.evictions if pc else 0,
+                   prefix_position_mismatches=pc.position_mismatches if pc else 0)
+        return out
 
     # -- requests ---------------------------------------------------------------------------------
     def submit(self, inputs: ModelInputs, params: SamplingParams | None = None) -> Handle:
@@ -144,12 +175,30 @@ class Engine:
             raise ValueError("stop strings need text: build the Engine with decode=")
         text = TextStream(self.decode, params.stop) if self.decode is not None else None
         req = Request(next(self._ids), inputs, params, RowSampler(params, inputs.input_ids, self.device), text)
+        self._index(req)
         self.requests[req.id] = req
         if params.max_new_tokens == 0:
             self._finish(req, "length")
         else:
             self.scheduler.add(req)
         return Handle(self, req)
+
+    def _index(self, req: Request) -> None:
+        """A request's vision items (content keys) and per-position prefix keys. Pixels that do not
+        split by their grid leave it uncached, to fail alone in its forward as before."""
+        if self.vision_cache is None and self.prefix is None:
+            return
+        inp = req.inputs
+        try:
+            req.image_items = split_items(self._model_key, "image", inp.image_pixels, inp.image_grid)
+            req.video_items = split_items(self._model_key, "video", inp.video_pixels, inp.video_grid)
+            if self.prefix is not None:
+                found = position_keys(self.model, inp.input_ids, req.image_items, req.video_items)
+                if found is not None:
+                    req.keys, req.spans = found
+        except ValueError:
+            req.image_items, req.video_items, req.keys, req.spans = [], [], None, []
+            req.vision_split = False
 
     def cancel(self, request_id: int) -> bool:
         """Stop a waiting or running request now (finish_reason "cancelled"); False if unknown or done."""
@@ -187,6 +236,8 @@ class Engine:
         for reqs, logits in self._isolated(self._prefill_logits, group):
             for r in reqs:
                 r.cache_len = r.prompt_len
+                self._counts["prefill_tokens"] += r.prompt_len - r.reused
+                self._counts["prefix_reused_tokens"] += r.reused
             events += self._sample(reqs, logits)
         if not events and self.busy and not self._failed:
             raise RuntimeError("engine step made no progress")  # every request is checked to fit at submit
@@ -222,34 +273,70 @@ class Engine:
         return events
 
     def _positions(self, reqs: list[Request], t: int) -> torch.Tensor:
-        """Right-padded prompt positions: [3, B, T] (M-RoPE) or [B, T] (1-D); padding at position 0."""
+        """Right-padded positions of each prompt's part to prefill (from its reused length):
+        [3, B, T] (M-RoPE) or [B, T] (1-D); padding at position 0."""
         first = reqs[0].inputs.positions
         pos = torch.zeros((*first.shape[:-1], len(reqs), t), dtype=torch.long)
         for b, req in enumerate(reqs):
-            pos[..., b, :req.prompt_len] = req.inputs.positions
+            pos[..., b, :req.prompt_len - req.reused] = req.inputs.positions[..., req.reused:]
         return pos.to(self.device)
 
+    def _fit_reuse(self, group: list[Request]) -> int:
+        """The padded width T of the group's prefill; a row whose start + T would run past its slot
+        gives up its reuse (prefills whole), so every row writes inside its own slot."""
+        while True:
+            t = max(r.prompt_len - r.reused for r in group)
+            over = [r for r in group if r.reused and r.reused + t > self.pool.max_len]
+            if not over:
+                return t
+            for r in over:
+                r.reused = 0
+
+    def _vision(self, group: list[Request]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Image and video features of what the group prefills: per item from the vision cache or one
+        batched encode of the misses; items inside a reused prefix are already in its KV, skipped."""
+        if self.vision_cache is None and not any(r.reused for r in group):
+            self._counts["vision_items_encoded"] += sum(_n_items(r.inputs) for r in group)
+            return encode_vision(self.model, [r.inputs for r in group], self.device)
+        if not all(r.vision_split for r in group):  # a malformed request: each alone, it fails alone
+            parts = [self._vision([r]) if r.vision_split else
+                     encode_vision(self.model, [r.inputs], self.device) for r in group]
+            return _cat([p[0] for p in parts]), _cat([p[1] for p in parts])
+        imgs, vids = [], []
+        for r in group:
+            n_img = len(r.image_items)
+            done = [e <= r.reused for _, e in r.spans] if r.reused else [False] * (n_img + len(r.video_items))
+            imgs += [it for it, d in zip(r.image_items, done[:n_img], strict=True) if not d]
+            vids += [it for it, d in zip(r.video_items, done[n_img:], strict=True) if not d]
+        self._counts["vision_items_encoded"] += sum(
+            it.key not in (self.vision_cache.entries if self.vision_cache else ()) for it in imgs + vids)
+        return (encode_items(self.model, self.vision_cache, imgs, self.device),
+                encode_items(self.model, self.vision_cache, vids, self.device))
+
     def _prefill_logits(self, group: list[Request]) -> torch.Tensor:
-        """Prompts of newly admitted requests in one right-padded forward from slot 0 of each slot;
-        logits [B, V] at each prompt's last token.
+        """Prompts of newly admitted requests in one right-padded forward, each from its reused length
+        (0, or what a cached slot already holds: then per-row starts); logits [B, V] at each prompt's
+        last token.
 
         Padding rows write k/v past their own prompt; those slots are overwritten by the row's own
         decode steps before any of its queries can see them (causal), so they never matter.
         """
+        t = self._fit_reuse(group)
         t0 = time.perf_counter()
-        img, vid = encode_vision(self.model, [r.inputs for r in group], self.device)
+        img, vid = self._vision(group)
         vision_s = time.perf_counter() - t0
         lens = [r.prompt_len for r in group]
-        t = max(lens)
         ids = torch.zeros(len(group), t, dtype=torch.long)
         for b, req in enumerate(group):
-            ids[b, :req.prompt_len] = torch.tensor(req.inputs.input_ids)
+            ids[b, :req.prompt_len - req.reused] = torch.tensor(req.inputs.input_ids[req.reused:])
             req.out.vision_seconds = vision_s
         embeds = self.model.embed(ids.to(self.device), img, vid)
         cache = self.pool.view([r.slot for r in group])
-        hidden = self.model(embeds, self._positions(group, t), None, cache, 0, ntk_len=lens)
-        last = hidden[torch.arange(len(group), device=self.device), torch.tensor(lens, device=self.device) - 1]
-        return self.model.logits(last).float()
+        reused = [r.reused for r in group]
+        start = torch.tensor(reused, device=self.device) if any(reused) else 0
+        hidden = self.model(embeds, self._positions(group, t), None, cache, start, ntk_len=lens)
+        last = torch.tensor([n - m for n, m in zip(lens, reused, strict=True)], device=self.device) - 1
+        return self.model.logits(hidden[torch.arange(len(group), device=self.device), last]).float()
 
     def _decode_logits(self, rows: list[Request]) -> torch.Tensor:
         """Every running request's pending token in one forward, each at its own slot and position;

@@ -8,7 +8,10 @@ requests but the model and the KV pool, so a request's tokens do not depend on i
 Scheduler policy (FIFO, no preemption): between engine steps, waiting requests take free slots in
 arrival order; one prefill forward takes requests while (count * longest prompt) <= prefill_tokens
 (always at least one). Running requests decode together every step. A finished or cancelled request
-gives its slot back at once. Must not touch the model or tensors beyond the sampler's.
+gives its slot back at once; with a PrefixCache, a request that finished (stop / length) leaves
+its slot's KV behind as "cached" (engine/prefix.py) and admission prefers the cached slot whose
+tokens and images the new prompt starts with (Request.reused tokens are not prefilled).
+Must not touch the model, or tensors beyond the sampler's and a request's own positions.
 """
 
 from __future__ import annotations
@@ -17,7 +20,10 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
+import torch
+
 from qwenvl.engine.kv import KVPool
+from qwenvl.engine.prefix import PrefixCache
 from qwenvl.engine.sampling import RowSampler, SamplingParams, TokenLogprob
 from qwenvl.engine.stops import TextStream
 from qwenvl.inputs import ModelInputs
@@ -73,6 +79,22 @@ class Request:
         self.out = Generation([], "length", self.prompt_len, logprobs=[] if params.wants_logprobs else None)
         self.t_submit = time.perf_counter()
         self.t_first: float | None = None
+        # set by the engine at submit: vision items (vision_cache.Item) and per-position prefix keys
+        self.image_items: list = []
+        self.video_items: list = []
+        self.vision_split = True  # False: its pixels did not split into items (encoded whole, uncached)
+        self.keys: list | None = None  # None: this request never reuses nor leaves a prefix
+        self.spans: list[tuple[int, int]] = []
+        self.reused = 0  # prompt tokens whose k/v were already in its slot at admission
+
+    def slot_contents(self) -> tuple[list, torch.Tensor]:
+        """(per-position keys, positions [3, L] or [L]) of the cache_len tokens in its slot: the prompt,
+        then the generated tokens fed back (text: T = H = W = slot + rope_delta)."""
+        fed = self.out.token_ids[:self.cache_len - self.prompt_len]
+        gen = torch.arange(self.prompt_len, self.prompt_len + len(fed)) + self.inputs.rope_delta
+        pos = self.inputs.positions.cpu()
+        gen = gen.expand(*pos.shape[:-1], len(fed))
+        return self.keys + fed, torch.cat([pos, gen], dim=-1)
 
     @property
     def position(self) -> int:
@@ -117,8 +139,9 @@ class Request:
 class Scheduler:
     """Waiting queue and running set over a KVPool."""
 
-    def __init__(self, pool: KVPool, prefill_tokens: int) -> None:
+    def __init__(self, pool: KVPool, prefill_tokens: int, prefix: PrefixCache | None = None) -> None:
         self.pool = pool
+        self.prefix = prefix
         self.prefill_tokens = prefill_tokens
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
@@ -136,7 +159,12 @@ class Scheduler:
             if group and (len(group) + 1) * width > self.prefill_tokens:
                 break
             self.waiting.popleft()
-            nxt.slot, longest = self.pool.acquire(), width
+            if self.prefix is not None:
+                nxt.slot, nxt.reused = self.prefix.acquire(self.pool, nxt.inputs.input_ids, nxt.keys, nxt.spans,
+                                                           nxt.inputs.positions)
+            else:
+                nxt.slot = self.pool.acquire()
+            longest = width
             nxt.out.queue_seconds = time.perf_counter() - nxt.t_submit
             group.append(nxt)
         self.running.extend(group)
@@ -153,6 +181,12 @@ class Scheduler:
         if req in self.running:
             self.running.remove(req)
         if req.slot is not None:
+            if self.prefix is not None:
+                if req.keys is not None and req.error is None and req.out.finish_reason in ("stop", "length") \
+                        and req.cache_len >= req.prompt_len:
+                    self.prefix.store(req.slot, *req.slot_contents(), req.prompt_len)
+                else:  # cancelled or failed: what its slot holds is not vouched for
+                    self.prefix.drop(req.slot)
             self.pool.release(req.slot)
             req.slot = None
 
