@@ -1,6 +1,11 @@
 """Command line: each subcommand is a thin call into one library function.
 
     qwenvl chat MODEL "question" --image a.png [--image b.png] [--video clip.mp4] [--draw boxes.png]
+    qwenvl chat MODEL                        (interactive: /image PATH, /reset, /quit; answers stream)
+    qwenvl caption MODEL DIR|GLOB --out captions.jsonl [--prompt ...] [--batch-size 8] [--no-progress]
+        (resumable; under torchrun each rank takes files[rank::world] and writes captions.jsonl.rank{r})
+    qwenvl ground MODEL IMAGE "phrase" [--out overlay.png]   (boxes as JSON, original pixels)
+    qwenvl info MODEL [--json]
     qwenvl demo
     qwenvl train RECIPE.toml [--set key=value ...] [--resume]     (torchrun --nproc_per_node N -m qwenvl train ...)
 Errors a user can cause (bad path, bad image, bad checkpoint) print one line, never a traceback.
@@ -13,15 +18,31 @@ import sys
 from pathlib import Path
 
 
-def _chat(args: argparse.Namespace) -> int:
+def _load(args: argparse.Namespace):
     import qwenvl
 
-    pipe = qwenvl.load(args.model, dtype=args.dtype, device=args.device)
+    return qwenvl.load(args.model, dtype=args.dtype, device=args.device, quantize=getattr(args, "quantize", None))
+
+
+def _gen_kw(args: argparse.Namespace) -> dict:
+    """Sampling and per-call processor options shared by chat / caption / ground (unset ones left out)."""
+    kw = {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "seed": args.seed,
+          "min_pixels": args.min_pixels, "max_pixels": args.max_pixels}
+    return {k: v for k, v in kw.items() if v is not None}
+
+
+def _chat(args: argparse.Namespace) -> int:
+    if args.prompt is None:
+        if args.image or args.video:
+            raise ValueError("interactive chat takes images with /image PATH, not --image / --video")
+        from qwenvl.apps.repl import run_repl
+
+        return run_repl(_load(args), sys.stdin, sys.stdout, sys.stderr, **_gen_kw(args))
+    pipe = _load(args)
     content = [{"type": "image", "image": p} for p in args.image]
     content += [{"type": "video", "video": p} for p in args.video]
     content.append({"type": "text", "text": args.prompt})
-    out = pipe.chat([{"role": "user", "content": content}], max_new_tokens=args.max_new_tokens,
-                    temperature=args.temperature, seed=args.seed)
+    out = pipe.chat([{"role": "user", "content": content}], **_gen_kw(args))
     print(out.text)
     if out.boxes and args.draw and args.image:
         from qwenvl.processing.draw import draw_boxes
@@ -30,6 +51,39 @@ def _chat(args: argparse.Namespace) -> int:
 
         draw_boxes(load_image(args.image[-1]), [Box(**b) for b in out.boxes]).save(args.draw)
         print(f"boxes drawn: {args.draw}", file=sys.stderr)
+    return 0
+
+
+def _caption(args: argparse.Namespace) -> int:
+    from qwenvl.apps.caption import caption_files, list_images, shard
+
+    files, out = shard(list_images(args.source), Path(args.out))
+    counts = caption_files(_load(args), files, out, prompt=args.prompt, batch_size=args.batch_size,
+                           progress=not args.no_progress, **_gen_kw(args))
+    print(f"{out}: {counts['done']} captioned, {counts['errors']} errors, {counts['skipped']} already done",
+          file=sys.stderr)
+    return 0
+
+
+def _ground(args: argparse.Namespace) -> int:
+    import json
+
+    from qwenvl.apps.ground import ground
+
+    res = ground(_load(args), args.image, args.phrase, args.out, **_gen_kw(args))
+    print(json.dumps(res["boxes"]))
+    if args.out:
+        print(f"overlay: {args.out}", file=sys.stderr)
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    import json
+
+    from qwenvl.apps.info import format_info, model_info
+
+    info = model_info(_load(args), args.device, args.min_pixels, args.max_pixels)
+    print(json.dumps(info, indent=2) if args.json else format_info(info))
     return 0
 
 
@@ -93,22 +147,43 @@ def _train(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="qwenvl", description="Qwen-VL family models: chat, serve, train, eval")
     sub = p.add_subparsers(dest="cmd", required=True)
-    c = sub.add_parser("chat", help="ask one question about images / a video")
+    c = sub.add_parser("chat", help="ask one question about images / a video; no question: interactive")
     c.add_argument("model", help="checkpoint folder or the shipped model name")
-    c.add_argument("prompt")
+    c.add_argument("prompt", nargs="?", help="the question (leave out for an interactive chat)")
     c.add_argument("--image", action="append", default=[])
     c.add_argument("--video", action="append", default=[])
     c.add_argument("--draw", help="write the last image with the answer's boxes drawn to this PNG")
     d = sub.add_parser("demo", help="run the shipped default model on a generated image")
     d.add_argument("--draw", default="qwenvl-demo/boxes.png", help="where to draw the answer's boxes")
     d.add_argument("--out-dir", default="qwenvl-demo", help="where the generated images are written")
-    for q in (c, d):
-        q.add_argument("--max-new-tokens", type=int, default=None)
-        q.add_argument("--temperature", type=float, default=None)
-        q.add_argument("--seed", type=int, default=None)
+    a = sub.add_parser("caption", help="caption a folder / glob of images into a resumable JSONL")
+    a.add_argument("model")
+    a.add_argument("source", help="a directory (searched recursively) or a glob such as 'imgs/*.jpg'")
+    a.add_argument("--out", required=True, help="JSONL output; under torchrun each rank writes OUT.rank{r}")
+    a.add_argument("--prompt", default="Describe the image.")
+    a.add_argument("--batch-size", type=int, default=8)
+    a.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g = sub.add_parser("ground", help="find a phrase in an image: boxes as JSON (original pixels)")
+    g.add_argument("model")
+    g.add_argument("image")
+    g.add_argument("phrase", help='what to find, e.g. "the red circle"')
+    g.add_argument("--out", help="write the image with the boxes drawn to this PNG")
+    i = sub.add_parser("info", help="family, parameter counts, auto dtype, image tokens")
+    i.add_argument("model")
+    i.add_argument("--json", action="store_true")
+    for q in (c, d, a, g, i):
         q.add_argument("--dtype", default="float32",
                        help="float32 | bfloat16 | auto (bf16 where the CPU has avx512_bf16 or AMX, else fp32)")
         q.add_argument("--device", default="cpu")
+    for q in (c, d, a, g):
+        q.add_argument("--max-new-tokens", type=int, default=None)
+        q.add_argument("--temperature", type=float, default=None)
+        q.add_argument("--seed", type=int, default=None)
+    for q in (c, a, g, i):
+        q.add_argument("--min-pixels", type=int, default=None, help="image pixel budget floor (v2+ processors)")
+        q.add_argument("--max-pixels", type=int, default=None, help="image pixel budget ceiling (v2+ processors)")
+    for q in (c, a, g):
+        q.add_argument("--quantize", choices=("int8", "int4"), default=None, help="weight-only decoder quantization")
     t = sub.add_parser("train", help="train from a TOML recipe (recipes/*.toml)")
     t.add_argument("recipe", help="path to a recipe, e.g. recipes/stage1_pretrain.toml")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -118,8 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
     # synth and eval parse their own arguments (main() hands them the rest of argv); listed for --help
     sub.add_parser("synth", help="generate the synthetic dataset (qwenvl synth --help)", add_help=False)
     sub.add_parser("eval", help="score a model on a JSONL split (qwenvl eval --help)", add_help=False)
-    c.set_defaults(func=_chat)
-    d.set_defaults(func=_demo)
+    for q, f in ((c, _chat), (d, _demo), (a, _caption), (g, _ground), (i, _info)):
+        q.set_defaults(func=f)
     return p
 
 
@@ -140,9 +215,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
