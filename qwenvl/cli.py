@@ -145,7 +145,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="qwenvl", description="Qwen-VL family models: chat, serve, train, eval")
+    p = argparse.ArgumentParser(prog="qwenvl", description="Qwen-VL family models: chat, caption, ground, train, eval")
     sub = p.add_subparsers(dest="cmd", required=True)
     c = sub.add_parser("chat", help="ask one question about images / a video; no question: interactive")
     c.add_argument("model", help="checkpoint folder or the shipped model name")
