@@ -151,6 +151,11 @@ def check_keys(expected: dict[str, tuple[int, ...]], found: dict[str, tuple[int,
         raise ValueError(f"checkpoint {where} does not match the model config: " + "; ".join(parts))
 
 
+def _canonical_shapes(model: nn.Module, cfg: QwenVLConfig) -> dict[str, tuple[int, ...]]:
+    """Key -> shape of what saving `model` writes, in its family's canonical layout."""
+    return {k: tuple(v.shape) for k, v in families.of(cfg).export_state(model.state_dict(), cfg).items()}
+
+
 def checkpoint_shapes(cfg: QwenVLConfig) -> dict[str, tuple[int, ...]]:
     """Every key and shape a checkpoint for `cfg` holds in its family's canonical layout (a meta-device
     build: no memory)."""
@@ -158,7 +163,7 @@ def checkpoint_shapes(cfg: QwenVLConfig) -> dict[str, tuple[int, ...]]:
 
     with torch.device("meta"):
         model = QwenVLModel(cfg)
-    return {k: tuple(v.shape) for k, v in families.of(cfg).export_state(model.state_dict(), cfg).items()}
+    return _canonical_shapes(model, cfg)
 
 
 def load_model(folder: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
@@ -174,7 +179,7 @@ def load_model(folder: str | Path, dtype: torch.dtype = torch.float32, device: s
     family = families.of(cfg)
     ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     # both sides in the family's canonical names, so a refusal names keys as the checkpoint spells them
-    expected = {k: tuple(v.shape) for k, v in family.export_state(model.state_dict(), cfg).items()}
+    expected = _canonical_shapes(model, cfg)
     found = family.canonical_shapes({k: s for k, (s, _) in checkpoint_keys(files).items()}, cfg)
     tensors = family.import_tensors(iter_checkpoint(files), cfg)
     check_keys(expected, found, str(folder))

@@ -91,12 +91,10 @@ class SamplingParams:
 
 
 def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
-    """CTRL-style penalty on tokens already in the sequence. logits [B, V], seen [B, n] ids."""
-    if penalty == 1.0 or seen.numel() == 0:
+    """CTRL-style penalty on tokens already in the sequence. logits [B, V], seen [V] or [B, V] bool."""
+    if penalty == 1.0:
         return logits
-    picked = logits.gather(1, seen)
-    picked = torch.where(picked < 0, picked * penalty, picked / penalty)
-    return logits.scatter(1, seen, picked)
+    return torch.where(seen, torch.where(logits < 0, logits * penalty, logits / penalty), logits)
 
 
 def warp(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
@@ -197,8 +195,7 @@ class RowSampler:
         if not self._ready:
             self._init_state(logits.shape[-1])
         if self.seen is not None:
-            pen = torch.where(logits < 0, logits * p.repetition_penalty, logits / p.repetition_penalty)
-            logits = torch.where(self.seen, pen, logits)
+            logits = apply_repetition_penalty(logits, self.seen, p.repetition_penalty)
         if self.counts is not None:
             logits = logits - p.frequency_penalty * self.counts - p.presence_penalty * (self.counts > 0).float()
         return warp(logits, p)

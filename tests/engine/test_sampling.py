@@ -52,7 +52,7 @@ def test_seed_reproducible():
 
 def test_repetition_penalty():
     logits = torch.tensor([[2.0, -2.0, 1.0]])
-    out = apply_repetition_penalty(logits, torch.tensor([[0, 1]]), 2.0)
+    out = apply_repetition_penalty(logits, torch.tensor([[True, True, False]]), 2.0)
     assert out.tolist() == [[1.0, -4.0, 1.0]]
 
 

@@ -73,12 +73,3 @@ def hf_model_config(tie: bool = False):
     rope = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": list(SECTION), "mrope_interleaved": True}
     return Qwen3VLConfig(text_config=dict(text_kw(False, VOCAB), rope_parameters=rope), vision_config=vision_kw(),
                          tie_word_embeddings=tie)
-
-
-def hf_to_ours_key(key: str) -> str:
-    """Qwen3VLForConditionalGeneration state_dict key -> QwenVLModel key (test-side rename only)."""
-    if key.startswith("model.visual."):
-        return key.removeprefix("model.")
-    if key.startswith("model.language_model."):
-        return "model." + key.removeprefix("model.language_model.")
-    return key

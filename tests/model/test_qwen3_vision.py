@@ -11,6 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from qwenvl.families.base import hf_to_legacy
 from qwenvl.model.qwenvl import QwenVLModel
 from qwenvl.model.vision_qwen3 import DeepstackVisionTransformer, pos_embed_taps
 from tests.model import qwen3_tiny as tiny
@@ -126,7 +127,7 @@ def model_pair():
     hf = Qwen3VLForConditionalGeneration(tiny.hf_model_config()).eval()
     spread_(hf, 5)
     ours = QwenVLModel(tiny.ours_model()).eval()
-    ours.load_state_dict({tiny.hf_to_ours_key(k): v for k, v in hf.state_dict().items()}, strict=True)
+    ours.load_state_dict({hf_to_legacy(k): v for k, v in hf.state_dict().items()}, strict=True)
     return hf, ours
 
 
