@@ -13,7 +13,10 @@ sized by `engine_options`); it holds no model logic.
 
 from __future__ import annotations
 
+import functools
 import json
+import threading
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +27,7 @@ import torch
 from qwenvl import families
 from qwenvl.engine.engine import Engine, Handle
 from qwenvl.engine.generate import prefill_embeds
+from qwenvl.engine.grammar import Grammar, Vocab
 from qwenvl.engine.sampling import SamplingParams, TokenLogprob
 from qwenvl.engine.scheduler import Generation
 from qwenvl.inputs import ModelInputs
@@ -78,6 +82,7 @@ class ChatResult:
 
 
 SAMPLING_KEYS = frozenset(SamplingParams.__dataclass_fields__)
+GRAMMAR_CACHE_SIZE = 64  # compiled grammars kept per pipeline (a server's recurring schemas)
 
 
 class Pipeline:
@@ -89,6 +94,8 @@ class Pipeline:
         self.folder = folder
         self.engine_options = dict(engine_options or {})  # Engine(n_slots=, max_len=, memory_bytes=, ...)
         self._engine: Engine | None = None
+        self._grammars: OrderedDict[str, Grammar] = OrderedDict()
+        self._grammar_lock = threading.Lock()
 
     @property
     def engine(self) -> Engine:
@@ -103,6 +110,37 @@ class Pipeline:
             raise RuntimeError("the engine still has requests; finish or cancel them first")
         self.engine_options.update(options)
         self._engine = None
+
+    @functools.cached_property
+    def vocab(self) -> Vocab:
+        """The tokenizer as a grammar library sees it (engine/grammar.py); eos = processor.stop_ids()."""
+        return Vocab.from_tokenizer(self.processor.tokenizer, self.processor.stop_ids())
+
+    def grammar(self, kind: str, spec: Any) -> Grammar:
+        """A compiled grammar for structured output, from a small LRU keyed by the spec's JSON: kind
+        "json" with a JSON schema (None: any object), "tool_call" with (tools, name or None).
+        ValueError for an unknown kind or an invalid schema / tools. Key order is part of the key:
+        it is the order the properties are generated in."""
+        if kind not in ("json", "tool_call"):
+            raise ValueError(f"unknown grammar kind {kind!r}; use 'json' or 'tool_call'")
+        try:
+            key = kind + ":" + json.dumps(spec, separators=(",", ":"), allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"the {kind} grammar spec is not JSON: {exc}") from None
+        with self._grammar_lock:
+            if key in self._grammars:
+                self._grammars.move_to_end(key)
+                return self._grammars[key]
+        if kind == "json":
+            grammar = Grammar.json(spec, self.vocab)
+        else:
+            tools, name = spec
+            grammar = Grammar.tool_call(tools, self.vocab, name)
+        with self._grammar_lock:
+            self._grammars[key] = grammar
+            while len(self._grammars) > GRAMMAR_CACHE_SIZE:
+                self._grammars.popitem(last=False)
+        return grammar
 
     @property
     def family(self) -> str:

@@ -12,6 +12,10 @@ position, attention masked per row), then waiting requests are admitted into fre
 prefilled together (right-padded; each its own images / videos) and sample their first token.
 Requests can be submitted and cancelled between steps; a cancel frees the slot at once.
 
+A request may carry a TokenConstraint (engine/constraint.py, structured output): its logits row is
+masked before its sampler and the constraint advances with each sampled token; a constraint that
+fails ends only its request (finish_reason "error").
+
 Two caches make the next chat turn cheap (engine.stats counts them): vision features per image /
 video item by content hash (engine/vision_cache.py, `vision_cache_bytes`, 0 disables), and prefix
 reuse (engine/prefix.py, `prefix_cache`): a finished request's slot keeps its KV, and a prompt that
@@ -30,6 +34,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 import torch
 
+from qwenvl.engine.constraint import TokenConstraint, advance, constrain
 from qwenvl.engine.kv import KVPool
 from qwenvl.engine.prefix import PrefixCache, position_keys
 from qwenvl.engine.sampling import RowSampler, SamplingParams
@@ -159,9 +164,13 @@ class Engine:
         return out
 
     # -- requests ---------------------------------------------------------------------------------
-    def submit(self, inputs: ModelInputs, params: SamplingParams | None = None) -> Handle:
+    def submit(self, inputs: ModelInputs, params: SamplingParams | None = None,
+               constraint: TokenConstraint | None = None) -> Handle:
         """Queue a request; it is admitted at the next step with a free slot. Raises ValueError if it can
-        never fit (prompt + max_new_tokens > max_len) or needs text and the engine has no decode."""
+        never fit (prompt + max_new_tokens > max_len) or needs text and the engine has no decode.
+
+        constraint: a fresh per-request TokenConstraint (e.g. qwenvl.engine.grammar.Grammar.constraint());
+        the ids it allows once complete should be in params.stop_token_ids, so the request stops there."""
         params = params or SamplingParams()
         n = len(inputs.input_ids)
         if n == 0:
@@ -174,7 +183,8 @@ class Engine:
         if params.stop and self.decode is None:
             raise ValueError("stop strings need text: build the Engine with decode=")
         text = TextStream(self.decode, params.stop) if self.decode is not None else None
-        req = Request(next(self._ids), inputs, params, RowSampler(params, inputs.input_ids, self.device), text)
+        req = Request(next(self._ids), inputs, params, RowSampler(params, inputs.input_ids, self.device), text,
+                      constraint)
         self._index(req)
         self.requests[req.id] = req
         if params.max_new_tokens == 0:
@@ -255,16 +265,31 @@ class Engine:
         except Exception as exc:  # kept on the request, re-raised to its caller (Handle.result)
             if len(reqs) > 1:
                 return [part for r in reqs for part in self._isolated(forward, [r])]
-            reqs[0].error, reqs[0].out.error = exc, f"{type(exc).__name__}: {exc}"
-            self._finish(reqs[0], "error")
-            self._failed = True
+            self._fail(reqs[0], exc)
             return []
 
+    def _fail(self, req: Request, exc: Exception) -> None:
+        """End one request with finish_reason "error"; exc is re-raised to its caller."""
+        req.error, req.out.error = exc, f"{type(exc).__name__}: {exc}"
+        self._finish(req, "error")
+        self._failed = True
+
     def _sample(self, reqs: list[Request], logits: torch.Tensor) -> list[Event]:
-        """logits [B, V] fp32, row b for reqs[b]: each request samples with its own sampler."""
+        """logits [B, V] fp32, row b for reqs[b]: each request samples with its own sampler, after its
+        constraint (if any) masked the row; a failing constraint fails its request alone."""
         events = []
         for b, req in enumerate(reqs):
-            tok, lp = req.sampler(logits[b:b + 1])
+            row = logits[b:b + 1]
+            try:
+                if req.constraint is not None:
+                    row = constrain(row, req.constraint)
+                tok, lp = req.sampler(row)
+                if req.constraint is not None:
+                    advance(req.constraint, tok)
+            except Exception as exc:  # a constraint's (ConstraintError) or the sampler's: this request only
+                self._fail(req, exc)
+                events.append(req.events[-1])
+                continue
             ev = req.accept(tok, lp)
             req.events.append(ev)
             events.append(ev)
@@ -355,19 +380,23 @@ class Engine:
         return self.model.logits(hidden[:, -1]).float()
 
     # -- conveniences over the step loop ----------------------------------------------------------
-    def generate(self, inputs: ModelInputs, params: SamplingParams | None = None) -> Generation:
-        return self.submit(inputs, params).result()
+    def generate(self, inputs: ModelInputs, params: SamplingParams | None = None,
+                 constraint: TokenConstraint | None = None) -> Generation:
+        return self.submit(inputs, params, constraint).result()
 
     def generate_batch(self, inputs: Sequence[ModelInputs],
-                       params: SamplingParams | Sequence[SamplingParams] | None = None) -> list[Generation]:
-        """Several requests through the same step loop (continuously batched); results in input order."""
+                       params: SamplingParams | Sequence[SamplingParams] | None = None,
+                       constraints: Sequence[TokenConstraint | None] | None = None) -> list[Generation]:
+        """Several requests through the same step loop (continuously batched); results in input order.
+        constraints: one per input (None entries: unconstrained)."""
         plist = list(params) if isinstance(params, (list, tuple)) else [params] * len(inputs)
-        if len(plist) != len(inputs):
-            raise ValueError(f"{len(inputs)} inputs but {len(plist)} sampling params")
+        clist = list(constraints) if constraints is not None else [None] * len(inputs)
+        if len(plist) != len(inputs) or len(clist) != len(inputs):
+            raise ValueError(f"{len(inputs)} inputs but {len(plist)} sampling params, {len(clist)} constraints")
         handles: list[Handle] = []
         try:
-            for inp, p in zip(inputs, plist, strict=True):
-                handles.append(self.submit(inp, p))
+            for inp, p, c in zip(inputs, plist, clist, strict=True):
+                handles.append(self.submit(inp, p, c))
         except ValueError:
             for h in handles:  # all or nothing: a refused request cancels the ones already queued
                 h.cancel()
@@ -377,5 +406,6 @@ class Engine:
                 self.step()
         return [h.result() for h in handles]
 
-    def stream(self, inputs: ModelInputs, params: SamplingParams | None = None) -> Iterator[Event]:
-        return iter(self.submit(inputs, params))
+    def stream(self, inputs: ModelInputs, params: SamplingParams | None = None,
+               constraint: TokenConstraint | None = None) -> Iterator[Event]:
+        return iter(self.submit(inputs, params, constraint))

@@ -4,7 +4,9 @@
     sampler = RowSampler(params, prompt_ids, device)      # one per request: its own tokens, its own RNG
     tok, logprob = sampler(logits_row)                     # logits_row [1, V] fp32
 
-Order of processing (HF's logits processors, then OpenAI's penalties, then the warpers):
+Order of processing (HF's logits processors, then OpenAI's penalties, then the warpers): a
+request's token constraint first (engine/constraint.py: disallowed tokens at -inf, done by the engine
+before the sampler runs, so every later step and the logprobs see the constrained distribution),
 repetition penalty over prompt + generated (CTRL, HF), presence / frequency over generated only
 (OpenAI), temperature, top-k, top-p, min-p. Logprobs are the log-softmax of that processed
 distribution. `select` is the batch form for a shared params / generator (kept for simple callers).

@@ -2,7 +2,8 @@
 
 A Request carries everything that is its own: its prompt and vision inputs, its cache length, its
 decode position offset (rope_delta), its v1 NTK length (its prompt length), its sampler (penalties
-over its own tokens, its own RNG) and its text stream (stop strings). Nothing is shared across
+over its own tokens, its own RNG), its text stream (stop strings) and its token constraint, if any
+(engine/constraint.py, structured output). Nothing is shared across
 requests but the model and the KV pool, so a request's tokens do not depend on its neighbours.
 
 Scheduler policy (FIFO, no preemption): between engine steps, waiting requests take free slots in
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from qwenvl.engine.constraint import TokenConstraint
 from qwenvl.engine.kv import KVPool
 from qwenvl.engine.prefix import PrefixCache
 from qwenvl.engine.sampling import RowSampler, SamplingParams, TokenLogprob
@@ -67,8 +69,9 @@ class Request:
     """One request's state inside the engine."""
 
     def __init__(self, rid: int, inputs: ModelInputs, params: SamplingParams, sampler: RowSampler,
-                 text: TextStream | None) -> None:
+                 text: TextStream | None, constraint: TokenConstraint | None = None) -> None:
         self.id, self.inputs, self.params, self.sampler, self.text = rid, inputs, params, sampler, text
+        self.constraint = constraint  # masks its logits before its sampler; advanced with each token
         self.prompt_len = len(inputs.input_ids)
         self.slot: int | None = None
         self.cache_len = 0  # tokens whose k/v are in the slot

@@ -7,6 +7,9 @@ Accepted content parts (a message's content may also be a plain string):
   {"type": "video", "video": path | list of frames | uint8 array, ["fps", "nframes", "max_pixels", ...,
                                                                   "source_fps"]}
   {"type": "video_url", "video_url": {"url": ...} | str}
+Message shapes as OpenAI clients send them: role "developer" is read as "system"; system and assistant
+content holds text parts only; `content: null` (an assistant turn that carries `tool_calls`) is "";
+tool messages (`tool_call_id`, string or parts content) and `name` fields pass through for the template.
 Must not: load pixels (that is image.py / video.py) or know a tokenizer.
 """
 
@@ -15,7 +18,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from qwenvl.processing.tools import validate_tool_calls
+
 ROLES = ("system", "user", "assistant", "tool")
+ROLE_ALIASES = {"developer": "system"}  # OpenAI's newer name for the system role
+TEXT_ONLY_ROLES = ("system", "assistant")
 
 
 @dataclass
@@ -63,20 +70,28 @@ def normalize_messages(messages: Any) -> tuple[list[dict], list[VisionItem]]:
     for i, msg in enumerate(messages):
         if not isinstance(msg, dict) or "role" not in msg:
             raise ValueError(f"message {i} must be a dict with a 'role'")
-        if msg["role"] not in ROLES:
-            raise ValueError(f"message {i}: role {msg['role']!r} is not one of {ROLES}")
+        role = ROLE_ALIASES.get(msg["role"], msg["role"]) if isinstance(msg["role"], str) else msg["role"]
+        if role not in ROLES:
+            raise ValueError(f"message {i}: role {msg['role']!r} is not one of {(*ROLES, *ROLE_ALIASES)}")
+        if msg.get("tool_calls") is not None:
+            if role != "assistant":
+                raise ValueError(f"message {i}: only an assistant message can carry tool_calls, not {role!r}")
+            validate_tool_calls(msg["tool_calls"], f"message {i}")
         content = msg.get("content")
         if content is None:
             content = ""
         if isinstance(content, str):
-            out.append({**msg, "content": content})
+            out.append({**msg, "role": role, "content": content})
             continue
         if not isinstance(content, list):
             raise ValueError(f"message {i}: content must be a string or a list of parts")
         parts = [normalize_part(p, f"message {i} part {j}") for j, p in enumerate(content)]
-        for p in parts:
+        for j, p in enumerate(parts):
             if p["type"] != "text":
+                if role in TEXT_ONLY_ROLES:
+                    raise ValueError(f"message {i} part {j}: {msg['role']} messages hold only text parts, "
+                                     f"got {p['type']!r}")
                 opts = {k: v for k, v in p.items() if k not in ("type", p["type"])}
                 items.append(VisionItem(p["type"], p[p["type"]], opts))
-        out.append({**msg, "content": parts})
+        out.append({**msg, "role": role, "content": parts})
     return out, items

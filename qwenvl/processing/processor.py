@@ -11,6 +11,13 @@ template and `video_timestamps`. With video_timestamps (Qwen3-VL) each video's t
 `<|vision_start|><|video_pad|><|vision_end|>` becomes, per temporal patch,
 `<{t:.1f} seconds><|vision_start|><|video_pad|>*n<|vision_end|>` (as transformers 4.57's Qwen3VLProcessor
 writes it); the timestamp text is template text, BPE-encoded together with the text around it.
+
+Tools (`tools=[...]`, OpenAI shape): a template that reads `tools` (Qwen3-VL's) gets them and the messages
+unchanged; for one that does not (Qwen2-VL / Qwen2.5-VL), tools.hermes_messages rewrites the conversation
+in the same Hermes convention first, and the tag strings it wrote (<tool_call>, <tool_response>, ...)
+are encoded as template text, so a vocabulary that holds them as added tokens gets their ids, as it does
+from a template that writes them. Strings a tools-aware template prints itself (tool schemas, tool-call
+names and arguments) are template text, so they may not contain this tokenizer's special-token strings.
 """
 
 from __future__ import annotations
@@ -25,11 +32,25 @@ import torch
 
 from qwenvl.config import QwenVLConfig
 from qwenvl.inputs import ModelInputs
-from qwenvl.processing.chat_template import QWEN2_VL_TEMPLATE, load_chat_template, render_chat_segments
+from qwenvl.processing.chat_template import (
+    QWEN2_VL_TEMPLATE,
+    RenderedChat,
+    load_chat_template,
+    render_chat_segments,
+)
 from qwenvl.processing.image import ImageProcessorConfig, load_image, process_image
 from qwenvl.processing.messages import normalize_messages
 from qwenvl.processing.positions import RopeSpec, mrope_positions
-from qwenvl.processing.tokenizer import QwenTokenizer
+from qwenvl.processing.tokenizer import GROUNDING_TAGS, QwenTokenizer
+from qwenvl.processing.tools import (
+    MARKUP,
+    default_system_prompt,
+    hermes_messages,
+    needs_hermes,
+    special_strings_in,
+    template_renders_tools,
+    validate_tools,
+)
 from qwenvl.processing.video import VideoOptions, VideoRules, preprocess_video
 from qwenvl.processing.video_qwen3 import Qwen3VideoOptions
 
@@ -71,6 +92,25 @@ def insert_video_timestamps(segments: list[tuple[str, bool]], timestamps: list[l
 def count_video_placeholders(segments: list[tuple[str, bool]]) -> int:
     """How many video placeholders insert_video_timestamps would replace in these segments."""
     return sum(len(_VIDEO_SLOT.findall(text)) for text, trusted in segments if trusted)
+
+
+def _trust_markup(rendered: RenderedChat, messages: list[dict]) -> RenderedChat:
+    """Mark the caller-text segments that are MARKUP parts of `messages` as template text.
+
+    render_chat_segments gives one (text, False) segment per non-empty caller text, with its span in
+    content_spans; a message's k-th span is its k-th text part when the template prints each text part
+    once, in order (Qwen2-VL's does). If the counts differ the segments are returned unchanged.
+    """
+    markup: set[tuple[int, int]] = set()
+    for msg, spans in zip(messages, rendered.content_spans, strict=True):
+        texts = [p for p in msg["content"] if p["type"] == "text"] if isinstance(msg["content"], list) else []
+        if len(texts) == len(spans):
+            markup |= {span for p, span in zip(texts, spans, strict=True) if p.get(MARKUP)}
+    segments, pos = [], 0
+    for piece, trusted in rendered.segments:
+        segments.append((piece, trusted or (pos, pos + len(piece)) in markup))
+        pos += len(piece)
+    return dataclasses.replace(rendered, segments=segments)
 
 
 class Qwen2VLProcessor:
@@ -129,7 +169,10 @@ class Qwen2VLProcessor:
 
     # ------------------------------------------------------------------------------------------
     def __call__(self, messages: list[dict], *, add_generation_prompt: bool = True, min_pixels: int | None = None,
-                 max_pixels: int | None = None, **template_vars: Any) -> ModelInputs:
+                 max_pixels: int | None = None, tools: list[dict] | None = None, **template_vars: Any) -> ModelInputs:
+        """messages: HF / OpenAI chat messages (see messages.py). tools: OpenAI function tools, rendered
+        through the template when it reads `tools`, else in the Hermes convention (module docstring); an
+        assistant message last is rendered as a closed turn (then the generation prompt, if asked)."""
         msgs, items = normalize_messages(messages)
         pixels: dict[str, list[torch.Tensor]] = {"image": [], "video": []}
         grids: dict[str, list[tuple[int, int, int]]] = {"image": [], "video": []}
@@ -151,8 +194,7 @@ class Qwen2VLProcessor:
                 stamps.append(video.timestamps)
             pixels[it.kind].append(px)
             grids[it.kind].append(grid)
-        rendered = render_chat_segments(msgs, self.template, add_generation_prompt=add_generation_prompt,
-                                        **template_vars)
+        rendered = self.render(msgs, tools=tools, add_generation_prompt=add_generation_prompt, **template_vars)
         segments = insert_video_timestamps(rendered.segments, stamps) if self.video_timestamps else rendered.segments
         ids = self.expand(self.tokenizer.encode_segments(segments), grids["image"], grids["video"])
         pos, delta = mrope_positions(ids, self.rope, grids["image"], grids["video"], seconds)
@@ -163,6 +205,36 @@ class Qwen2VLProcessor:
             image_sizes=sizes, second_per_grid=seconds, video_timestamps=stamps if self.video_timestamps else [],
             text="".join(piece for piece, _ in segments),
         )
+
+    def render(self, msgs: list[dict], *, tools: list[dict] | None = None, add_generation_prompt: bool = True,
+               with_message_spans: bool = False, **template_vars: Any) -> RenderedChat:
+        """Render normalised messages (normalize_messages' first output) with tools, as __call__ does.
+
+        With a template that does not read `tools` and a conversation that uses tools, the RenderedChat
+        (spans included) is that of the rewritten conversation (tools.hermes_messages), not of msgs.
+        """
+        tools = validate_tools(tools)
+        if template_renders_tools(self.template):
+            self._check_template_strings(msgs, tools)
+            return render_chat_segments(msgs, self.template, add_generation_prompt=add_generation_prompt,
+                                        with_message_spans=with_message_spans, tools=tools, **template_vars)
+        if not needs_hermes(msgs, tools):
+            return render_chat_segments(msgs, self.template, add_generation_prompt=add_generation_prompt,
+                                        with_message_spans=with_message_spans, **template_vars)
+        rewritten = hermes_messages(msgs, tools, default_system=default_system_prompt(self.template))
+        rendered = render_chat_segments(rewritten, self.template, add_generation_prompt=add_generation_prompt,
+                                        with_message_spans=with_message_spans, **template_vars)
+        return _trust_markup(rendered, rewritten)
+
+    def _check_template_strings(self, msgs: list[dict], tools: list[dict] | None) -> None:
+        # A tools-aware template prints tool schemas and tool-call fields as template text, where every
+        # special token would match; refuse turn / vision markup there (grounding tags stay allowed).
+        banned = [t for t in self.tokenizer.special_tokens if t not in GROUNDING_TAGS]
+        for where, value in [("tools", tools), *((f"message {i} tool_calls", m.get("tool_calls"))
+                                                 for i, m in enumerate(msgs))]:
+            found = special_strings_in(value, banned) if value else None
+            if found:
+                raise ValueError(f"{where} contains the special token {found!r}; it would be read as prompt markup")
 
     def video_options(self, overrides: dict) -> VideoRules:
         """self.video_opts with a message's per-video options (fps, nframes, ...). An option of the other

@@ -3,6 +3,9 @@
 v1 carries each image's path inside the token ids (<img> + path bytes + <imgpad>... + </img>); the
 model overwrites all slots between the tags with image features, so the bytes only locate the image.
 Images given as PIL objects or data URLs get a short stand-in name. Positions are plain 1-D.
+Tools, tool calls and tool results are written in Qwen's Hermes convention (tools.hermes_messages, the
+text Qwen3-VL's template writes) before the turns are built; v1's vocabulary has no tool tokens, so the
+tags are plain text. The conversation must end with a user (or tool) message: v1 cannot continue an answer.
 """
 
 from __future__ import annotations
@@ -14,10 +17,11 @@ import torch
 
 from qwenvl.config import QwenVLConfig
 from qwenvl.inputs import ModelInputs
-from qwenvl.processing.chat_v1 import decode_response, make_context, messages_to_v1, stop_words_ids
+from qwenvl.processing.chat_v1 import DEFAULT_SYSTEM, decode_response, make_context, messages_to_v1, stop_words_ids
 from qwenvl.processing.image import load_image, process_image_fixed
 from qwenvl.processing.messages import normalize_messages
 from qwenvl.processing.tokenizer_v1 import QwenV1Tokenizer
+from qwenvl.processing.tools import hermes_messages, needs_hermes, validate_tools
 
 
 def _stand_in(source, k: int, span: int) -> str:
@@ -54,10 +58,18 @@ class QwenV1Processor:
         if self.tiktoken_path is not None and self.tiktoken_path.resolve() != dst.resolve():
             shutil.copyfile(self.tiktoken_path, dst)
 
-    def __call__(self, messages: list[dict], *, add_generation_prompt: bool = True, **_: object) -> ModelInputs:
+    def __call__(self, messages: list[dict], *, add_generation_prompt: bool = True, tools: list[dict] | None = None,
+                 **_: object) -> ModelInputs:
+        """messages: HF / OpenAI chat messages ending with a user or tool message; tools: OpenAI function tools."""
         if not add_generation_prompt:
             raise ValueError("Qwen-VL v1 prompts always end with the assistant turn opener")
         msgs, items = normalize_messages(messages)
+        if msgs[-1]["role"] == "assistant":
+            raise ValueError(f"message {len(msgs) - 1}: Qwen-VL v1 cannot continue an assistant message; "
+                             "the conversation must end with a user or tool message")
+        tools = validate_tools(tools)
+        if needs_hermes(msgs, tools):
+            msgs = hermes_messages(msgs, tools, default_system=DEFAULT_SYSTEM)
         if any(it.kind == "video" for it in items):
             raise ValueError("Qwen-VL v1 does not take video; use a Qwen2-VL / Qwen2.5-VL checkpoint")
         images = iter(range(len(items)))

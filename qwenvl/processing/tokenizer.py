@@ -14,6 +14,7 @@ a tiktoken file (`qwen.tiktoken`) and its own image-tag scheme; that tokenizer l
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Iterable
@@ -147,6 +148,72 @@ class QwenTokenizer:
         pieces = self._tok.pre_tokenizer.pre_tokenize_str(text) if self._tok.pre_tokenizer else [(text, None)]
         model = self._tok.model
         return [token.id for piece, _ in pieces for token in model.tokenize(piece)]
+
+    # -- what a grammar library needs (qwenvl.engine.grammar.Vocab) -------------------------------
+    def token_bytes(self) -> list[bytes]:
+        """The bytes of every id < vocab_size: regular tokens through the byte-level alphabet back to
+        bytes, added tokens as their content's UTF-8 (ids the folder leaves unused: b"")."""
+        out = [b""] * self.vocab_size
+        for token, i in self._tok.get_vocab(with_added_tokens=False).items():
+            out[i] = bytes(_UNICODE_TO_BYTE[c] for c in token)
+        for token, i in self.special_tokens.items():
+            out[i] = token.encode("utf-8")
+        return out
+
+    def special_ids(self) -> frozenset[int]:
+        """Added tokens flagged special (<|im_end|>, <|image_pad|>, ...): never part of generated text.
+        Non-special added tokens (Qwen2.5's <tool_call>) stay text a grammar may spell."""
+        return frozenset(i for i, t in self._tok.get_added_tokens_decoder().items() if t.special) | \
+            frozenset(i for t, i in self.special_tokens.items() if t not in self._plain_added)
+
+    def encode_bytes(self, data: bytes) -> list[int]:
+        """Canonical ids of raw bytes (no normalization, so the bytes round-trip): non-special added
+        tokens match as units, the rest is BPE. Bytes that are not UTF-8 go one byte token each."""
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            return [self._byte_ids[b] for b in data]
+        ids: list[int] = []
+        parts = self._plain_re.split(text) if self._plain_re is not None else [text]
+        for k, part in enumerate(parts):  # split with a capture group: text, added token, text, ...
+            if k % 2:
+                ids.append(self.special_tokens[part])
+            elif part:
+                pieces = self._tok.pre_tokenizer.pre_tokenize_str(part) if self._tok.pre_tokenizer else [(part, None)]
+                ids += [t.id for piece, _ in pieces for t in self._tok.model.tokenize(piece)]
+        return ids
+
+    @functools.cached_property
+    def _plain_added(self) -> frozenset[str]:
+        flagged = {t.content for t in self._tok.get_added_tokens_decoder().values() if t.special}
+        return frozenset(self.special_tokens) - flagged
+
+    @functools.cached_property
+    def _plain_re(self) -> re.Pattern[str] | None:
+        plain = sorted(self._plain_added, key=len, reverse=True)
+        return re.compile("(" + "|".join(map(re.escape, plain)) + ")") if plain else None
+
+    @functools.cached_property
+    def _byte_ids(self) -> dict[int, int]:
+        return {b: self._tok.token_to_id(c) for b, c in _BYTE_TO_UNICODE.items()}
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's byte-level alphabet: printable bytes map to themselves, the other 68 to U+0100 and up."""
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("\u00a1"), ord("\u00ac") + 1),
+            *range(ord("\u00ae"), ord("\u00ff") + 1)]
+    table, extra = {}, 0
+    for b in range(256):
+        if b in keep:
+            table[b] = chr(b)
+        else:
+            table[b] = chr(256 + extra)
+            extra += 1
+    return table
+
+
+_BYTE_TO_UNICODE = _bytes_to_unicode()
+_UNICODE_TO_BYTE = {c: b for b, c in _BYTE_TO_UNICODE.items()}
 
 
 def _reconcile_added_tokens(tok_path: Path, config_decoder: dict[str, dict]) -> tuple[Tokenizer, dict[str, int]]:

@@ -263,3 +263,26 @@ class QwenV1Tokenizer:
             i += 1
         flush()
         return "".join(out)
+
+    # ---------------------------------------------------------------- for a grammar library
+
+    def token_bytes(self) -> list[bytes]:
+        """The bytes of every id < vocab_size: the ranks' keys, then each special token as its text."""
+        out = [b""] * self.vocab_size
+        for data, rank in self.ranks.items():
+            out[rank] = data
+        for tok, i in self.special_tokens.items():
+            out[i] = tok.encode("utf-8")
+        return out
+
+    def special_ids(self) -> frozenset[int]:
+        """Every v1 special token (<|im_end|>, <img>, <|extra_0|>, ...): never part of generated text."""
+        return frozenset(self.special_tokens.values())
+
+    def encode_bytes(self, data: bytes) -> list[int]:
+        """Canonical ids of raw bytes, no NFC (the bytes round-trip), no specials; bytes that are not
+        UTF-8 go one byte token each (every byte is a rank)."""
+        try:
+            return self.enc.encode_ordinary(data.decode("utf-8"))
+        except UnicodeDecodeError:
+            return [self.ranks[bytes([b])] for b in data]
