@@ -5,7 +5,11 @@
     qwenvl caption MODEL DIR|GLOB --out captions.jsonl [--prompt ...] [--batch-size 8] [--no-progress]
         (resumable; under torchrun each rank takes files[rank::world] and writes captions.jsonl.rank{r})
     qwenvl ground MODEL IMAGE "phrase" [--out overlay.png]   (boxes as JSON, original pixels)
+    qwenvl chat|caption|ground --endpoint URL [--api-key KEY] [--model NAME] [--family F] ...   (no MODEL:
+        the same commands against an OpenAI-compatible server, e.g. `qwenvl serve`, vLLM, a cloud's compatible mode)
     qwenvl info MODEL [--json]
+    qwenvl serve [MODEL] [--host 127.0.0.1] [--port 8000] [--api-key KEY] [--allow-remote-images]
+        [--allow-local-files DIR]          (OpenAI-compatible API at /v1, web page at /)
     qwenvl demo
     qwenvl train RECIPE.toml [--set key=value ...] [--resume]     (torchrun --nproc_per_node N -m qwenvl train ...)
 Errors a user can cause (bad path, bad image, bad checkpoint) print one line, never a traceback.
@@ -24,6 +28,39 @@ def _load(args: argparse.Namespace):
     return qwenvl.load(args.model, dtype=args.dtype, device=args.device, quantize=getattr(args, "quantize", None))
 
 
+def _backend(args: argparse.Namespace):
+    """The local pipeline, or with --endpoint a client of that server with the same chat / generate_batch."""
+    if not args.endpoint:
+        return _load(args)
+    from qwenvl.apps.remote import RemotePipeline
+
+    return RemotePipeline(args.endpoint, api_key=args.api_key, model=args.remote_model, family=args.family)
+
+
+# With --endpoint there is no MODEL positional: the values given fill the ones after it.
+REMOTE_POSITIONALS = {"chat": ("prompt",), "caption": ("source",), "ground": ("image", "phrase")}
+
+
+def _check_positionals(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    names = REMOTE_POSITIONALS.get(args.cmd)
+    if names is None:
+        return
+    given = [v for v in (getattr(args, n) for n in ("model", *names)) if v is not None]
+    if not args.endpoint:
+        required = ("model",) if args.cmd == "chat" else ("model", *names)
+        if len(given) < len(required):
+            p.error(f"the following arguments are required: {', '.join(required[len(given):])}")
+        return
+    if len(given) > len(names):
+        p.error(f"with --endpoint there is no MODEL argument; name the model with --model (got {given[0]!r})")
+    required = () if args.cmd == "chat" else names
+    if len(given) < len(required):
+        p.error(f"the following arguments are required: {', '.join(required[len(given):])}")
+    args.model = None
+    for n in names:
+        setattr(args, n, given.pop(0) if given else None)
+
+
 def _gen_kw(args: argparse.Namespace) -> dict:
     """Sampling and per-call processor options shared by chat / caption / ground (unset ones left out)."""
     kw = {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "seed": args.seed,
@@ -37,8 +74,8 @@ def _chat(args: argparse.Namespace) -> int:
             raise ValueError("interactive chat takes images with /image PATH, not --image / --video")
         from qwenvl.apps.repl import run_repl
 
-        return run_repl(_load(args), sys.stdin, sys.stdout, sys.stderr, **_gen_kw(args))
-    pipe = _load(args)
+        return run_repl(_backend(args), sys.stdin, sys.stdout, sys.stderr, **_gen_kw(args))
+    pipe = _backend(args)
     content = [{"type": "image", "image": p} for p in args.image]
     content += [{"type": "video", "video": p} for p in args.video]
     content.append({"type": "text", "text": args.prompt})
@@ -58,7 +95,7 @@ def _caption(args: argparse.Namespace) -> int:
     from qwenvl.apps.caption import caption_files, list_images, shard
 
     files, out = shard(list_images(args.source), Path(args.out))
-    counts = caption_files(_load(args), files, out, prompt=args.prompt, batch_size=args.batch_size,
+    counts = caption_files(_backend(args), files, out, prompt=args.prompt, batch_size=args.batch_size,
                            progress=not args.no_progress, **_gen_kw(args))
     print(f"{out}: {counts['done']} captioned, {counts['errors']} errors, {counts['skipped']} already done",
           file=sys.stderr)
@@ -70,7 +107,7 @@ def _ground(args: argparse.Namespace) -> int:
 
     from qwenvl.apps.ground import ground
 
-    res = ground(_load(args), args.image, args.phrase, args.out, **_gen_kw(args))
+    res = ground(_backend(args), args.image, args.phrase, args.out, **_gen_kw(args))
     print(json.dumps(res["boxes"]))
     if args.out:
         print(f"overlay: {args.out}", file=sys.stderr)
@@ -84,6 +121,37 @@ def _info(args: argparse.Namespace) -> int:
 
     info = model_info(_load(args), args.device, args.min_pixels, args.max_pixels)
     print(json.dumps(info, indent=2) if args.json else format_info(info))
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import os
+
+    from qwenvl.pipeline import DEFAULT_MODEL
+
+    try:
+        import uvicorn
+
+        from qwenvl.server.app import ServerOptions, create_app
+        from qwenvl.server.images import ImagePolicy
+    except ImportError as e:
+        raise ValueError(f"the server needs the 'serve' extra: pip install 'qwenvl[serve]' ({e})") from None
+    local = Path(args.allow_local_files).expanduser() if args.allow_local_files else None
+    if local is not None and not local.is_dir():
+        raise ValueError(f"--allow-local-files {local}: not a directory")
+    pipe = _load(args)
+    engine_kw = {"n_slots": args.slots, "max_len": args.max_len}
+    pipe.configure_engine(**{k: v for k, v in engine_kw.items() if v is not None})
+    options = ServerOptions(
+        model_name=args.served_model_name or Path(args.model or DEFAULT_MODEL).name,
+        api_key=args.api_key or os.environ.get("QWENVL_API_KEY") or None, max_images=args.max_images,
+        max_body_bytes=int(args.max_body_mb * 2**20), max_pending=args.max_pending,
+        image_policy=ImagePolicy(allow_remote=args.allow_remote_images, local_root=local))
+    app = create_app(pipe, options)
+    eng = pipe.engine
+    print(f"serving {options.model_name} ({pipe.family}, {eng.pool.n_slots} slots x {eng.pool.max_len} tokens) "
+          f"on http://{args.host}:{args.port}  (web page at /, API at /v1)", file=sys.stderr)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=5)
     return 0
 
 
@@ -145,10 +213,11 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="qwenvl", description="Qwen-VL family models: chat, caption, ground, train, eval")
+    p = argparse.ArgumentParser(prog="qwenvl",
+                                description="Qwen-VL family models: chat, caption, ground, serve, train, eval")
     sub = p.add_subparsers(dest="cmd", required=True)
     c = sub.add_parser("chat", help="ask one question about images / a video; no question: interactive")
-    c.add_argument("model", help="checkpoint folder or the shipped model name")
+    c.add_argument("model", nargs="?", help="checkpoint folder or the shipped model name (none with --endpoint)")
     c.add_argument("prompt", nargs="?", help="the question (leave out for an interactive chat)")
     c.add_argument("--image", action="append", default=[])
     c.add_argument("--video", action="append", default=[])
@@ -157,21 +226,38 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--draw", default="qwenvl-demo/boxes.png", help="where to draw the answer's boxes")
     d.add_argument("--out-dir", default="qwenvl-demo", help="where the generated images are written")
     a = sub.add_parser("caption", help="caption a folder / glob of images into a resumable JSONL")
-    a.add_argument("model")
-    a.add_argument("source", help="a directory (searched recursively) or a glob such as 'imgs/*.jpg'")
+    a.add_argument("model", help="checkpoint folder or shipped model name (none with --endpoint)")
+    a.add_argument("source", nargs="?", help="a directory (searched recursively) or a glob such as 'imgs/*.jpg'")
     a.add_argument("--out", required=True, help="JSONL output; under torchrun each rank writes OUT.rank{r}")
     a.add_argument("--prompt", default="Describe the image.")
     a.add_argument("--batch-size", type=int, default=8)
     a.add_argument("--no-progress", action="store_true", help="no progress bar")
     g = sub.add_parser("ground", help="find a phrase in an image: boxes as JSON (original pixels)")
-    g.add_argument("model")
+    g.add_argument("model", help="checkpoint folder or shipped model name (none with --endpoint)")
     g.add_argument("image")
-    g.add_argument("phrase", help='what to find, e.g. "the red circle"')
+    g.add_argument("phrase", nargs="?", help='what to find, e.g. "the red circle"')
     g.add_argument("--out", help="write the image with the boxes drawn to this PNG")
+    s = sub.add_parser("serve", help="OpenAI-compatible API server + web page over the engine")
+    s.add_argument("model", nargs="?", default=None,
+                   help="checkpoint folder or shipped model name (default: qwenvl-tiny)")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (or set QWENVL_API_KEY)")
+    s.add_argument("--served-model-name", default=None, help="the model id clients send (default: the model name)")
+    s.add_argument("--allow-remote-images", action="store_true",
+                   help="fetch http(s) image URLs (public addresses only; size limit and timeout)")
+    s.add_argument("--allow-local-files", metavar="DIR", default=None, help="allow file:// images inside DIR")
+    s.add_argument("--max-images", type=int, default=16, help="image parts per request")
+    s.add_argument("--max-body-mb", type=float, default=64.0, help="request body limit in MiB")
+    s.add_argument("--max-pending", type=int, default=64, help="requests waiting for a slot before 429")
+    s.add_argument("--slots", type=int, default=None, help="concurrent sequences in the KV pool")
+    s.add_argument("--max-len", type=int, default=None, help="context length per slot")
+    s.add_argument("--log-level", default="info")
+    s.set_defaults(func=_serve)
     i = sub.add_parser("info", help="family, parameter counts, auto dtype, image tokens")
     i.add_argument("model")
     i.add_argument("--json", action="store_true")
-    for q in (c, d, a, g, i):
+    for q in (c, d, a, g, i, s):
         q.add_argument("--dtype", default="float32",
                        help="float32 | bfloat16 | auto (bf16 where the CPU has avx512_bf16 or AMX, else fp32)")
         q.add_argument("--device", default="cpu")
@@ -182,7 +268,21 @@ def build_parser() -> argparse.ArgumentParser:
     for q in (c, a, g, i):
         q.add_argument("--min-pixels", type=int, default=None, help="image pixel budget floor (v2+ processors)")
         q.add_argument("--max-pixels", type=int, default=None, help="image pixel budget ceiling (v2+ processors)")
+    from qwenvl.config import FAMILY_NAMES
+
     for q in (c, a, g):
+        q.add_argument("--endpoint", metavar="URL", default=None,
+                       help="an OpenAI-compatible server's base URL (e.g. http://127.0.0.1:8000/v1) instead of a "
+                            "local model; leave out MODEL (--batch-size: requests in flight)")
+        q.add_argument("--api-key", metavar="KEY", default=None,
+                       help="with --endpoint (default: $OPENAI_API_KEY, then $DASHSCOPE_API_KEY)")
+        q.add_argument("--model", dest="remote_model", metavar="NAME", default=None,
+                       help="with --endpoint: the model id (default: the first the server lists)")
+        q.add_argument("--family", choices=FAMILY_NAMES, default=None,
+                       help="with --endpoint, for servers that send no boxes: the box convention to parse the "
+                            "text with (default: the family the server lists, else qwen3_vl for a 'qwen3' model "
+                            "name, else qwen2_5_vl: pixels of the resized input)")
+    for q in (c, a, g, s):
         q.add_argument("--quantize", choices=("int8", "int4"), default=None, help="weight-only decoder quantization")
     t = sub.add_parser("train", help="train from a TOML recipe (recipes/*.toml)")
     t.add_argument("recipe", help="path to a recipe, e.g. recipes/stage1_pretrain.toml")
@@ -212,7 +312,9 @@ def main(argv: list[str] | None = None) -> int:
         except (ValueError, FileNotFoundError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _check_positionals(parser, args)
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError, OSError) as e:

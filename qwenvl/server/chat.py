@@ -21,7 +21,7 @@ from qwenvl.engine.sampling import SamplingParams
 from qwenvl.inputs import ModelInputs
 from qwenvl.server import responses as R
 from qwenvl.server.errors import APIError, bad_request
-from qwenvl.server.protocol import ChatRequest, check_limit
+from qwenvl.server.protocol import LOW_DETAIL_PIXELS, ChatRequest, check_limit
 from qwenvl.server.runner import Busy, Stream
 
 
@@ -46,7 +46,17 @@ def _fetch_images(state, req: ChatRequest) -> list:
     return out
 
 
-def _processor_messages(req: ChatRequest, images: list) -> list[dict]:
+def low_detail_budget(processor) -> tuple[int, int] | None:
+    """(min_pixels, max_pixels) for detail "low": a quarter of the processor's ceiling, at most
+    LOW_DETAIL_PIXELS; None for fixed-resolution processors (v1), which have no budget to lower."""
+    cfg = getattr(processor, "image_cfg", None)
+    if cfg is None:
+        return None
+    top = min(LOW_DETAIL_PIXELS, cfg.max_pixels // 4)
+    return min(cfg.min_pixels, top), top
+
+
+def _processor_messages(req: ChatRequest, images: list, low: tuple[int, int] | None) -> list[dict]:
     """OpenAI messages with each image part replaced by its decoded image (and per-image budgets)."""
     out = []
     for msg in req.messages:
@@ -56,8 +66,9 @@ def _processor_messages(req: ChatRequest, images: list) -> list[dict]:
             for p in content:
                 if "_ref" in p:
                     ref = req.images[p["_ref"]]
-                    opts = {k: v for k, v in (("max_pixels", ref.max_pixels), ("min_pixels", ref.min_pixels))
-                            if v is not None}
+                    lo, hi = low if (ref.low_detail and low) else (None, None)
+                    opts = {k: v for k, v in (("max_pixels", ref.max_pixels or hi),
+                                              ("min_pixels", ref.min_pixels or lo)) if v is not None}
                     parts.append({"type": "image", "image": images[p["_ref"]], **opts})
                 elif "_refs" in p:
                     opts = {k: v for k, v in p.items() if k not in ("type", "_refs")}
@@ -76,7 +87,8 @@ def _render(state, req: ChatRequest) -> ModelInputs:
     if req.tools_active:
         kw["tools"] = req.tools
     try:
-        return state.pipe.prepare(_processor_messages(req, images), **kw)
+        messages = _processor_messages(req, images, low_detail_budget(state.pipe.processor))
+        return state.pipe.prepare(messages, **kw)
     except APIError:
         raise
     except (ValueError, TypeError, KeyError) as e:

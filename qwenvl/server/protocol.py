@@ -18,8 +18,8 @@ from qwenvl.server.errors import APIError, bad_request
 
 ROLES = ("system", "developer", "user", "assistant", "tool")
 MAX_STOP = 16
-# OpenAI's `detail`: "low" caps the pixel budget (256 merged tokens for Qwen2-VL-style processors:
-# 256 * 28 * 28 px); "high" / "auto" keep the model's own budget.
+# OpenAI's `detail`: "low" caps the pixel budget at a quarter of the model's own ceiling and at most
+# 256 merged tokens (256 * 28 * 28 px) — see chat.low_detail_budget; "high" / "auto" keep the model's budget.
 LOW_DETAIL_PIXELS = 256 * 28 * 28
 
 
@@ -31,6 +31,7 @@ class ImageRef:
     param: str
     max_pixels: int | None = None
     min_pixels: int | None = None
+    low_detail: bool = False
 
 
 @dataclass
@@ -195,9 +196,8 @@ def _image(value: Any, where: str, req: ChatRequest, part: dict) -> dict:
         raise bad_request(f"{where} must be a URL string (data:, http(s): or a permitted file)", where, "invalid_type")
     if detail not in (None, "auto", "low", "high"):
         raise bad_request(f"detail must be auto, low or high, got {detail!r}", where)
-    ref = ImageRef(value, where, _pixels(part, "max_pixels", where), _pixels(part, "min_pixels", where))
-    if detail == "low" and ref.max_pixels is None:
-        ref.max_pixels = LOW_DETAIL_PIXELS
+    ref = ImageRef(value, where, _pixels(part, "max_pixels", where), _pixels(part, "min_pixels", where),
+                   low_detail=detail == "low")
     req.images.append(ref)
     return {"type": "image_url", "image_url": {"url": value}, "_ref": len(req.images) - 1}
 
