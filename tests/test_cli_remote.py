@@ -21,6 +21,7 @@ from tests.server.conftest import free_port, red_box_image, start_server, stop_s
 
 QUESTION = "What colour is the square?"
 GREEDY = ["--temperature", "0", "--max-new-tokens", "12"]
+LOCAL_FP32 = ["--dtype", "float32"]  # the test server runs fp32 (tests/server/conftest.py)
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +60,7 @@ def image_dir(tmp_path):
 def test_one_shot_chat_equals_the_local_answer(endpoint, tmp_path, capsys):
     img = str(tmp_path / "red.png")
     red_box_image().save(img)
-    assert main(["chat", "qwenvl-tiny", QUESTION, "--image", img, *GREEDY]) == 0
+    assert main(["chat", "qwenvl-tiny", QUESTION, "--image", img, *GREEDY, *LOCAL_FP32]) == 0
     local = capsys.readouterr().out
     assert main(["chat", *endpoint, QUESTION, "--image", img, *GREEDY]) == 0
     out, err = capsys.readouterr()
@@ -239,3 +240,15 @@ def test_api_key_comes_from_the_environment(dead_url, monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", "sk-openai")
     assert RemotePipeline(dead_url, model="m").client.api_key == "sk-openai"
     assert RemotePipeline(dead_url, api_key="given", model="m").client.api_key == "given"
+
+
+def test_python_api_connect_matches_load(srv):
+    import qwenvl
+
+    msgs = [{"role": "user", "content": [{"type": "image", "image": red_box_image()},
+                                         {"type": "text", "text": "Detect the circle."}]}]
+    remote_pipe = qwenvl.connect(f"{srv.url}/v1", api_key=srv.api_key)
+    got = remote_pipe.chat(msgs, max_new_tokens=24, temperature=0)
+    want = qwenvl.load(dtype="float32").chat(msgs, max_new_tokens=24, temperature=0)
+    assert got.text == want.text and got.boxes == want.boxes
+    assert "".join(remote_pipe.chat(msgs, stream=True, max_new_tokens=24, temperature=0)) == want.text

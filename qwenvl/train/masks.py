@@ -6,9 +6,18 @@ a label span. Supervised, per assistant message: its content and the end token t
 after it (<|im_end|>). Not supervised: system and user turns, the assistant header
 `<|im_start|>assistant\\n`, the "\\n" after <|im_end|>, and vision slots (always IGNORE).
 
-Qwen2-VL / 2.5-VL: the processor's own ModelInputs (pixels, grids, M-RoPE positions) are reused, and
-the character spans of `render_chat_segments` are turned into token spans by encoding the rendered
-pieces between span edges separately. That is exact only if every edge is also a token edge; the
+Tools (`tools=[...]`, assistant `tool_calls`, `tool` messages): the conversation is rendered through the
+processor's own path (`Qwen2VLProcessor.render`; v1: the same `hermes_messages` rewrite its __call__ makes),
+and the spans are indexed over the messages that path renders (the Hermes rewrite for templates that do not
+read `tools`). Supervised: each assistant turn whole, its `<tool_call>` JSON included, whether the calls
+are caller text of the rewrite or template text of a tools-aware template; not supervised: the tools
+block of the system turn and the `<tool_response>` turns (user turns).
+
+Qwen2-VL / 2.5-VL / 3-VL: the processor's own ModelInputs (pixels, grids, M-RoPE positions) are reused, and
+the character spans of `Qwen2VLProcessor.render` are turned into token spans by encoding the rendered
+pieces between span edges separately. An assistant region runs from its answer's first character to the
+end of its turn (prefix renders at the assistant boundaries give the turn ends) and is supervised through
+its last special token (<|im_end|>). That is exact only if every edge is also a token edge; the
 concatenation is compared with the full encoding and a ValueError is raised otherwise (e.g. an answer
 that starts with "\\n" merges with the header's "\\n"). Each <|image_pad|> is then expanded to its
 t*h*w/merge^2 slots as the processor does, and the result must equal the processor's ids.
@@ -26,12 +35,19 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from qwenvl.inputs import ModelInputs
-from qwenvl.processing.chat_template import render_chat_segments
-from qwenvl.processing.chat_v1 import RESPONSE_TAGS, list_pieces, messages_to_v1
+from qwenvl.processing.chat_template import RenderedChat
+from qwenvl.processing.chat_v1 import DEFAULT_SYSTEM, RESPONSE_TAGS, list_pieces, messages_to_v1
 from qwenvl.processing.messages import normalize_messages
 from qwenvl.processing.processor import Qwen2VLProcessor, count_video_placeholders, insert_video_timestamps
 from qwenvl.processing.processor_v1 import QwenV1Processor
 from qwenvl.processing.tokenizer_v1 import IM_END, IM_START, IMAGE_TAGS
+from qwenvl.processing.tools import (
+    default_system_prompt,
+    hermes_messages,
+    needs_hermes,
+    template_renders_tools,
+    validate_tools,
+)
 from qwenvl.train.batch import IGNORE
 
 
@@ -51,14 +67,15 @@ class TrainExample:
         return sum(1 for lab in self.labels[1:] if lab != IGNORE)
 
 
-def build_example(processor: Qwen2VLProcessor | QwenV1Processor, messages: list[dict],
-                  **template_vars: Any) -> TrainExample:
+def build_example(processor: Qwen2VLProcessor | QwenV1Processor, messages: list[dict], *,
+                  tools: list[dict] | None = None, **template_vars: Any) -> TrainExample:
     """HF/OpenAI messages ending with an assistant message -> TrainExample (images are loaded here).
 
+    tools: OpenAI function tools, given to the processor as at inference (module docstring).
     template_vars go to Qwen2VLProcessor (min_pixels / max_pixels) and its chat template (e.g.
-    add_vision_id=True); Qwen-VL v1 takes none. Raises ValueError for a
-    conversation that cannot be masked exactly (see module docstring) and whatever the processor
-    raises for bad images (FileNotFoundError, ValueError).
+    add_vision_id=True); Qwen-VL v1 takes none. Raises ValueError for a conversation that cannot be
+    masked exactly (see module docstring) and whatever the processor raises for bad images
+    (FileNotFoundError, ValueError) or bad tools.
     """
     if not isinstance(messages, list) or not messages or not isinstance(messages[-1], dict) \
             or messages[-1].get("role") != "assistant":
@@ -67,9 +84,9 @@ def build_example(processor: Qwen2VLProcessor | QwenV1Processor, messages: list[
     if fmt == "chatml_v1":
         if template_vars:
             raise ValueError(f"Qwen-VL v1 has no chat-template variables, got {sorted(template_vars)}")
-        return _build_v1(processor, messages)
+        return _build_v1(processor, messages, tools)
     if fmt == "template":
-        return _build_v2(processor, messages, **template_vars)
+        return _build_v2(processor, messages, tools, **template_vars)
     raise TypeError(f"build_example needs a processor with prompt_format 'template' or 'chatml_v1', "
                     f"got {type(processor).__name__}")
 
@@ -90,34 +107,88 @@ def _slice_segments(segments: list[tuple[str, bool]], a: int, b: int) -> list[tu
     return out
 
 
-def _assistant_ranges(messages: list[dict], rendered) -> list[tuple[int, int, int]]:
-    """Per assistant message (content start, content end, turn end) as character offsets."""
-    if rendered.message_spans is None:
+_HEADER = f"{IM_START}assistant\n"  # where an answer without text (only template-written tool calls) starts
+
+
+def _has_text(msg: dict) -> bool:
+    content = msg["content"]
+    return bool(content) if isinstance(content, str) else any(p["type"] == "text" and p["text"] for p in content)
+
+
+def _assistant_turns(proc: Qwen2VLProcessor, msgs: list[dict], tools: list[dict] | None, text: str,
+                     render_vars: dict[str, Any]) -> list[tuple[int, int]]:
+    """Per assistant message of msgs, (start, end) of its turn in `text`, from rendering the prefixes that end
+    just before and just after it through proc.render (so the Hermes rewrite too). Only these prefixes must be
+    prefixes of the whole render: the Qwen3-VL template continues a tool turn into the next tool message, so
+    spans of every message (RenderedChat.message_spans) do not exist there, but assistant turns still do."""
+    def end_of(k: int) -> int:
+        if k == 0:
+            return 0
+        try:
+            prefix = proc.render(msgs[:k], tools=tools, add_generation_prompt=False, **render_vars).text
+        except Exception as err:  # a template that refuses a prefix (e.g. raise_exception on its shape)
+            raise ValueError(f"the chat template cannot render the turns before message {k}: {err}") from err
+        if not text.startswith(prefix):
+            raise ValueError("the chat template is not prefix-stable, so turn spans (and labels) cannot be derived")
+        return len(prefix)
+
+    turns = [(end_of(i), end_of(i + 1)) for i, m in enumerate(msgs) if m["role"] == "assistant"]
+    if any(b < a for a, b in turns):
         raise ValueError("the chat template is not prefix-stable, so turn spans (and labels) cannot be derived")
+    return turns
+
+
+def _assistant_ranges(msgs: list[dict], shown: list[dict], rendered: RenderedChat,
+                      turns: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Per assistant message (answer start, turn end) as character offsets.
+
+    shown: the messages the render was made of (msgs or their Hermes rewrite; content_spans follow them),
+    with the assistant messages of msgs, in order. The answer starts at its first text; one with no text
+    (content None / "" next to tool_calls that a tools-aware template prints after it as template text)
+    starts after its turn's header instead."""
+    mine = [i for i, m in enumerate(msgs) if m["role"] == "assistant"]
+    theirs = [i for i, m in enumerate(shown) if m["role"] == "assistant"]
+    if len(mine) != len(theirs) or len(rendered.content_spans) != len(shown):
+        raise ValueError("the rendered turns do not match the messages; labels would be misaligned")
     ranges = []
-    for i, msg in enumerate(messages):
-        if msg["role"] != "assistant":
-            continue
-        spans = rendered.content_spans[i]
-        if not spans:
-            raise ValueError(f"message {i}: an assistant message needs text to supervise")
-        ranges.append((spans[0][0], spans[-1][1], rendered.message_spans[i][1]))
+    for i, k, (turn_start, turn_end) in zip(mine, theirs, turns, strict=True):
+        spans = rendered.content_spans[k]
+        if spans:
+            start, stop = spans[0][0], spans[-1][1]
+        else:
+            head = rendered.text.find(_HEADER, turn_start, turn_end)
+            if _has_text(msgs[i]) or head < 0:
+                raise ValueError(f"message {i}: an assistant message needs text to supervise")
+            start = stop = head + len(_HEADER)
+        if not turn_start <= start <= stop <= turn_end:
+            raise ValueError(f"message {i}: its text lies outside its turn; labels would be misaligned")
+        ranges.append((start, turn_end))
     return ranges
 
 
-def _build_v2(proc: Qwen2VLProcessor, messages: list[dict], **template_vars: Any) -> TrainExample:
-    inputs = proc(messages, add_generation_prompt=False, **template_vars)
+def _rendered_messages(proc: Qwen2VLProcessor, msgs: list[dict], tools: list[dict] | None) -> list[dict]:
+    """The messages Qwen2VLProcessor.render renders for msgs: they themselves, or their Hermes rewrite
+    (template that does not read `tools`, conversation that uses tools), whose indices the spans follow."""
+    if template_renders_tools(proc.template) or not needs_hermes(msgs, tools):
+        return msgs
+    return hermes_messages(msgs, tools, default_system=default_system_prompt(proc.template))
+
+
+def _build_v2(proc: Qwen2VLProcessor, messages: list[dict], tools: list[dict] | None,
+              **template_vars: Any) -> TrainExample:
+    inputs = proc(messages, add_generation_prompt=False, tools=tools, **template_vars)
     msgs, _ = normalize_messages(messages)
+    tools = validate_tools(tools)
     # the processor takes the pixel budget itself and hands the rest to its template, as here
     render_vars = {k: v for k, v in template_vars.items() if k not in _PROCESSOR_OPTS}
-    rendered = render_chat_segments(msgs, proc.template, add_generation_prompt=False, with_message_spans=True,
-                                    **render_vars)
+    rendered = proc.render(msgs, tools=tools, add_generation_prompt=False, **render_vars)
+    turns = _assistant_turns(proc, msgs, tools, rendered.text, render_vars)
+    ranges = _assistant_ranges(msgs, _rendered_messages(proc, msgs, tools), rendered, turns)
     tok = proc.tokenizer
-    ranges = _assistant_ranges(msgs, rendered)
-    content = {(s, e) for s, e, _ in ranges}
-    tails = {(e, end) for _, e, end in ranges}
+    answers = set(ranges)
     cuts = sorted({0, len(rendered.text), *(x for r in ranges for x in r)})
-    # The turn's end token: the first special token the template writes after the content.
+    # The turn's end token: the last special token of the answer's region (the turn's tool calls, written by
+    # a tools-aware template, may hold others first, e.g. the <tool_call> added token); "\n" after it is out.
     specials = set(tok.special_tokens.values())
 
     ids: list[int] = []
@@ -130,12 +201,10 @@ def _build_v2(proc: Qwen2VLProcessor, messages: list[dict], **template_vars: Any
         if proc.video_timestamps and (n := count_video_placeholders(segs)):
             segs, stamps = insert_video_timestamps(segs, stamps[:n]), stamps[n:]
         piece = tok.encode_segments(segs)
-        if (a, b) in content:
-            lab = list(piece)
-        elif (a, b) in tails:
-            end = next((k for k, t in enumerate(piece) if t in specials), None)
+        if (a, b) in answers:
+            end = max((k for k, t in enumerate(piece) if t in specials), default=None)
             if end is None:
-                raise ValueError(f"no end token after the assistant text at character {a}: {rendered.text[a:b]!r}")
+                raise ValueError(f"no end token in the assistant turn at character {a}: {rendered.text[a:b]!r}")
             lab = piece[:end + 1] + [IGNORE] * (len(piece) - end - 1)
         else:
             lab = [IGNORE] * len(piece)
@@ -171,14 +240,17 @@ def _expand(proc: Qwen2VLProcessor, ids: list[int], labels: list[int],
 # ----------------------------------------------------------------------------- Qwen-VL v1
 
 
-def _build_v1(proc: QwenV1Processor, messages: list[dict]) -> TrainExample:
+def _build_v1(proc: QwenV1Processor, messages: list[dict], tools: list[dict] | None) -> TrainExample:
     tok = proc.tokenizer
     # The processor builds make_context(query="", history=all turns): our ids are its prefix. It also
     # loads the images and picks the text carried in each image span, which is read back here.
     dummy = {"role": "user", "content": ""}
-    inputs = proc([*messages, dummy])
+    inputs = proc([*messages, dummy], tools=tools)
     paths = iter(tok.image_paths(inputs.input_ids))
     msgs, _ = normalize_messages(messages)
+    tools = validate_tools(tools)
+    if needs_hermes(msgs, tools):  # as QwenV1Processor.__call__: tool calls / results become plain turns
+        msgs = hermes_messages(msgs, tools, default_system=DEFAULT_SYSTEM)
     for m in msgs:
         if isinstance(m["content"], list):
             m["content"] = [dict(p, image=next(paths)) if p["type"] == "image" else p for p in m["content"]]

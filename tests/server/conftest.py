@@ -1,6 +1,7 @@
 """The real server for the protocol, hostile-input, load and browser tests: `qwenvl serve` in a
-subprocess on 127.0.0.1 (a free port), the shipped default model, an API key. Session-scoped; its log
-is printed when a test fails to start it."""
+subprocess on 127.0.0.1 (a free port), the shipped default model, an API key, fp32 (tests compare its
+answers with an in-process pipeline loaded in fp32). Session-scoped; its log is printed when a test
+fails to start it."""
 
 from __future__ import annotations
 
@@ -45,7 +46,7 @@ def free_port() -> int:
 def start_server(log: Path, *extra: str, model: str = "qwenvl-tiny") -> LiveServer:
     port = free_port()
     cmd = [sys.executable, "-m", "qwenvl", "serve", model, "--host", "127.0.0.1", "--port", str(port),
-           "--api-key", API_KEY, "--log-level", "warning", *extra]
+           "--api-key", API_KEY, "--log-level", "warning", "--dtype", "float32", *extra]
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     fh = open(log, "wb")
     proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)

@@ -54,7 +54,7 @@ def test_video_frames_and_pixel_budgets(client):
 
 
 def test_boxes_come_back_in_original_pixels(client):
-    pipe = qwenvl.load(MODEL)
+    pipe = qwenvl.load(MODEL, dtype="float32")
     img = red_box_image(640, 480)
     q = "Detect the circle."
     r = client.chat.completions.create(model=MODEL, max_tokens=40, temperature=0, messages=[

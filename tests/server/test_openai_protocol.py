@@ -18,7 +18,7 @@ QUESTION = "Detect the circle."
 
 @pytest.fixture(scope="module")
 def local():
-    return qwenvl.load()
+    return qwenvl.load(dtype="float32")
 
 
 def user(text: str, *images) -> dict:

@@ -239,3 +239,95 @@ def test_qwen3_video_timestamps_and_two_turns_with_images(proc3):
     tok = proc3.tokenizer
     got = [tok.decode(ex.inputs.input_ids[a:b], skip_special=False) for a, b in supervised_spans(ex)]
     assert got == ["A square.<|im_end|>", "Red.<|im_end|>"]
+
+
+# ----------------------------------------------------------------------------------- tools
+
+
+TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
+                                           "parameters": {"type": "object",
+                                                          "properties": {"city": {"type": "string"}}}}},
+         {"type": "function", "function": {"name": "zoom", "description": "Crop the image",
+                                           "parameters": {"type": "object", "properties": {}}}}]
+CALLS = [{"id": "call_a", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}},
+         {"id": "call_b", "type": "function", "function": {"name": "zoom", "arguments": {"box": [1, 2, 3, 4]}}}]
+
+
+def tool_record(content: str | None, images: bool) -> tuple[list[dict], list[str]]:
+    """Tools + an assistant tool call + tool results (one with an image) + a final answer; and the text each
+    assistant turn must supervise (its whole turn after the header, <tool_call> JSON and <|im_end|> included)."""
+    calls = CALLS[:1] if content else CALLS
+    pic = [{"type": "image", "image": image(56, 56, 60)}] if images else []
+    msgs = [
+        {"role": "user", "content": [*pic, {"type": "text", "text": "Weather in Paris? Zoom too."}]},
+        {"role": "assistant", "content": content, "tool_calls": calls},
+        {"role": "tool", "tool_call_id": "call_a", "content": "21 degrees"},
+        {"role": "tool", "tool_call_id": "call_b", "content": [*pic, {"type": "text", "text": "zoomed"}]},
+        {"role": "assistant", "content": "It is 21 degrees."},
+    ]
+    from qwenvl.processing.tools import tool_call_text
+
+    first = (content + "\n" if content else "") + "\n".join(tool_call_text(c) for c in calls)
+    return msgs, [first + "<|im_end|>", "It is 21 degrees.<|im_end|>"]
+
+
+@pytest.fixture(scope="module")
+def tiny25() -> Qwen2VLProcessor:
+    import qwenvl
+
+    return qwenvl.load("qwenvl-tiny-qwen2.5-vl").processor
+
+
+@pytest.fixture(scope="module")
+def tiny1() -> QwenV1Processor:
+    import qwenvl
+
+    return qwenvl.load("qwenvl-tiny").processor
+
+
+def check_tool_labels(ex: TrainExample, want: list[str], decode) -> None:
+    ids = ex.inputs.input_ids
+    spans = supervised_spans(ex)
+    assert [decode(ids[a:b]) for a, b in spans] == want
+    assert all(decode(ids[:a]).endswith("<|im_start|>assistant\n") for a, _ in spans)  # the header stays out
+    assert [lab for lab in ex.labels if lab != IGNORE] == [t for a, b in spans for t in ids[a:b]]
+    text = decode(ids)
+    assert "<tools>" in text and "<tool_response>\n21 degrees\n</tool_response>" in text
+    assert all("tool_response" not in decode(ids[a:b]) and "<tools>" not in decode(ids[a:b]) for a, b in spans)
+
+
+@pytest.mark.parametrize("content", ["Let me check.", None])
+@pytest.mark.parametrize("family", ["proc2", "tiny25", "proc3"])
+def test_tool_conversation_labels_the_assistant_turns(family: str, content: str | None, request):
+    """Qwen2-VL / 2.5-VL templates (Hermes rewrite) and the tools-aware Qwen3-VL template: ids are the
+    processor's, labels cover exactly the two assistant turns (tool calls included)."""
+    proc = request.getfixturevalue(family)
+    msgs, want = tool_record(content, images=True)
+    ex = build_example(proc, msgs, tools=TOOLS)
+    ref = proc(msgs, tools=TOOLS, add_generation_prompt=False)
+    assert ex.inputs.input_ids == ref.input_ids and ex.inputs.positions.equal(ref.positions)
+    assert len(ex.inputs.image_grid) == 2
+    check_tool_labels(ex, want, lambda ids: proc.tokenizer.decode(ids, skip_special=False))
+
+
+def test_qwen3_tool_call_tags_are_supervised_as_added_tokens(proc3):
+    """On the real Qwen3 vocabulary <tool_call> is an added token inside the answer's turn (template text after
+    the content): the labels run past it to <|im_end|>. One tool result: every prefix renders stably."""
+    msgs, want = tool_record("Let me check.", images=False)
+    msgs = [m for m in msgs if m.get("tool_call_id") != "call_b"]
+    ex = build_example(proc3, msgs, tools=TOOLS)
+    tok = proc3.tokenizer
+    assert [tok.decode(ex.inputs.input_ids[a:b], skip_special=False) for a, b in supervised_spans(ex)] == want
+    call = tok.token_id("<tool_call>")
+    targets = [lab for lab in ex.labels if lab != IGNORE]
+    assert targets.count(call) == 1 and ex.inputs.input_ids.count(call) == 2 + 1  # 2 in the system block
+
+
+@pytest.mark.parametrize("content", ["Let me check.", None])
+def test_v1_tool_conversation_labels_the_assistant_turns(tiny1, content: str | None):
+    msgs, want = tool_record(content, images=True)
+    ex = build_example(tiny1, msgs, tools=TOOLS)
+    nxt = tiny1([*msgs, {"role": "user", "content": "next"}], tools=TOOLS)
+    assert nxt.input_ids[:len(ex)] == ex.inputs.input_ids
+    assert ex.inputs.image_pixels.shape[0] == 2
+    check_tool_labels(ex, want, tiny1.tokenizer.decode)
