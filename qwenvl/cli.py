@@ -149,7 +149,8 @@ def _serve(args: argparse.Namespace) -> int:
         image_policy=ImagePolicy(allow_remote=args.allow_remote_images, local_root=local))
     app = create_app(pipe, options)
     eng = pipe.engine
-    print(f"serving {options.model_name} ({pipe.family}, {eng.pool.n_slots} slots x {eng.pool.max_len} tokens) "
+    dt = str(next(pipe.model.parameters()).dtype).removeprefix("torch.")
+    print(f"serving {options.model_name} ({pipe.family}, {dt}, {eng.pool.n_slots} slots x {eng.pool.max_len} tokens) "
           f"on http://{args.host}:{args.port}  (web page at /, API at /v1)", file=sys.stderr)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=5)
     return 0
@@ -258,8 +259,8 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("model")
     i.add_argument("--json", action="store_true")
     for q in (c, d, a, g, i, s):
-        q.add_argument("--dtype", default="float32",
-                       help="float32 | bfloat16 | auto (bf16 where the CPU has avx512_bf16 or AMX, else fp32)")
+        q.add_argument("--dtype", default="auto",
+                       help="auto (default: bf16 where the CPU has avx512_bf16 or AMX, else fp32) | float32 | bfloat16")
         q.add_argument("--device", default="cpu")
     for q in (c, d, a, g):
         q.add_argument("--max-new-tokens", type=int, default=None)

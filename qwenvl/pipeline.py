@@ -1,6 +1,6 @@
 """The public Python API: load a checkpoint folder, chat, score.
 
-    pipe = qwenvl.load("path/to/checkpoint", dtype="float32", device="cpu")
+    pipe = qwenvl.load("path/to/checkpoint", device="cpu")          # dtype="auto": pipe.dtype, pipe.dtype_reason
     out = pipe.chat(messages, max_new_tokens=64, temperature=0.0)   # out.text, out.token_ids, out.boxes
     for piece in pipe.chat(messages, stream=True): ...              # text pieces; "".join == out.text
     outs = pipe.generate_batch([messages_a, messages_b], seed=1)   # batched through the engine, in order
@@ -9,6 +9,9 @@
 The family (Qwen-VL v1, Qwen2-VL, Qwen2.5-VL, Qwen3-VL) is read from config.json. This layer wires the
 processor (text + pixels -> ids), the model and one engine (qwenvl.engine.Engine, built on first use,
 sized by `engine_options`); it holds no model logic.
+
+dtype defaults to "auto" (engine/precision.py): bf16 where the device computes it natively (a CPU with
+avx512_bf16 or AMX, a CUDA GPU with bf16), fp32 elsewhere; pass dtype="float32" for exact numbers.
 """
 
 from __future__ import annotations
@@ -59,15 +62,20 @@ def resolve_model(path: str | Path | None) -> Path:
 
 def _dtype(dtype: str | torch.dtype, device: str | torch.device = "cpu") -> torch.dtype:
     """A dtype name, or "auto": bf16 where the device computes it natively, else fp32 (engine/precision.py)."""
+    return _dtype_and_reason(dtype, device)[0]
+
+
+def _dtype_and_reason(dtype: str | torch.dtype, device: str | torch.device = "cpu") -> tuple[torch.dtype, str]:
+    """(dtype, why): auto_dtype's reason for "auto", "requested" for an explicit dtype."""
     if isinstance(dtype, torch.dtype):
-        return dtype
+        return dtype, "requested"
     if dtype == "auto":
         from qwenvl.engine.precision import auto_dtype
 
-        return auto_dtype(device)[0]
+        return auto_dtype(device)
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(DTYPES) + ['auto']}")
-    return DTYPES[dtype]
+    return DTYPES[dtype], "requested"
 
 
 @dataclass
@@ -81,17 +89,25 @@ class ChatResult:
     logprobs: list[TokenLogprob] | None = None  # per generated token, when asked for
 
 
+def _model_dtype(model) -> torch.dtype:
+    """The dtype of the model's first floating-point parameter (fp32 if it has none)."""
+    return next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+
+
 SAMPLING_KEYS = frozenset(SamplingParams.__dataclass_fields__)
 GRAMMAR_CACHE_SIZE = 64  # compiled grammars kept per pipeline (a server's recurring schemas)
 
 
 class Pipeline:
     def __init__(self, model, processor, generation_config: dict | None = None, folder: Path | None = None,
-                 engine_options: dict | None = None):
+                 engine_options: dict | None = None, dtype: torch.dtype | None = None,
+                 dtype_reason: str = "requested"):
         self.model = model
         self.processor = processor
         self.generation_config = generation_config or {}
         self.folder = folder
+        self.dtype = dtype if dtype is not None else _model_dtype(model)  # the compute dtype
+        self.dtype_reason = dtype_reason  # auto_dtype's reason when load(dtype="auto"), else "requested"
         self.engine_options = dict(engine_options or {})  # Engine(n_slots=, max_len=, memory_bytes=, ...)
         self._engine: Engine | None = None
         self._grammars: OrderedDict[str, Grammar] = OrderedDict()
@@ -229,9 +245,14 @@ class Pipeline:
             (Path(folder) / "generation_config.json").write_text(json.dumps(self.generation_config, indent=2))
 
 
-def load(path: str | Path | None = None, dtype: str | torch.dtype = "float32",
+def load(path: str | Path | None = None, dtype: str | torch.dtype = "auto",
          device: str | torch.device = "cpu", quantize: str | None = None) -> Pipeline:
     """Load a checkpoint folder (or the shipped default model) into a ready pipeline.
+
+    dtype: "auto" (the default: bf16 where `device` computes it natively, a CPU with avx512_bf16 or AMX
+    or a CUDA GPU with bf16, fp32 elsewhere; engine/precision.auto_dtype), a name from DTYPES or a
+    torch.dtype. What was chosen is on the pipeline: pipe.dtype, and pipe.dtype_reason (auto_dtype's
+    reason, or "requested" for an explicit dtype). Pass dtype="float32" where exact numbers matter.
 
     quantize: None, "int8" or "int4": weight-only quantization of the text decoder and lm_head after
     loading (qwenvl.engine.quant.quantize_model, its defaults); such a pipeline cannot save().
@@ -243,9 +264,10 @@ def load(path: str | Path | None = None, dtype: str | torch.dtype = "float32",
     folder = resolve_model(path)
     cfg = read_config(folder)
     processor = families.of(cfg).build_processor(folder, cfg)  # fail on a missing tokenizer before weights
-    model = load_model(folder, _dtype(dtype, device), device, cfg)
+    compute_dtype, reason = _dtype_and_reason(dtype, device)
+    model = load_model(folder, compute_dtype, device, cfg)
     if quantize is not None:
         quantize_model(model, quantize)
     gen_path = folder / "generation_config.json"
     gen = json.loads(gen_path.read_text()) if gen_path.is_file() else {}
-    return Pipeline(model, processor, gen, folder)
+    return Pipeline(model, processor, gen, folder, dtype=compute_dtype, dtype_reason=reason)

@@ -15,7 +15,14 @@ import qwenvl
 @pytest.fixture(scope="module")
 def pipe25(tiny_ckpt):
     folder, _ = tiny_ckpt("qwen2_5_vl")
-    return qwenvl.load(folder)
+    return qwenvl.load(folder)  # load's default dtype ("auto"): these tests check behaviour, not numbers
+
+
+@pytest.fixture(scope="module")
+def pipe25_fp32(tiny_ckpt):
+    """fp32, for tests of exact token equality that bf16 rounding could break."""
+    folder, _ = tiny_ckpt("qwen2_5_vl")
+    return qwenvl.load(folder, dtype="float32")
 
 
 def msg(*parts):
@@ -133,12 +140,13 @@ def test_stop_string_cuts_text_streamed_and_not(pipe25):
     assert "".join(pipe25.chat(m, max_new_tokens=16, temperature=0.0, stop=stop, stream=True)) == cut.text
 
 
-def test_generate_batch_equals_chat_alone(pipe25):
+def test_generate_batch_equals_chat_alone(pipe25_fp32):
+    pipe = pipe25_fp32
     convs = [msg({"type": "text", "text": "hello"}), msg(IMG, {"type": "text", "text": "colour?"}),
              [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "a much longer question here"}]]
     kw = {"max_new_tokens": 8, "temperature": 0.7, "seed": 11, "repetition_penalty": 1.05}
-    alone = [pipe25.chat(c, **kw) for c in convs]
-    batch = pipe25.generate_batch(convs, **kw)
+    alone = [pipe.chat(c, **kw) for c in convs]
+    batch = pipe.generate_batch(convs, **kw)
     assert [b.token_ids for b in batch] == [a.token_ids for a in alone]
     assert [b.text for b in batch] == [a.text for a in alone]
 

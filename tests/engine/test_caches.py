@@ -3,7 +3,8 @@
 A second chat turn on the same image encodes no image and prefills only its new tokens; one changed
 pixel or another image with the same text never reuses features or image KV; a cancelled or evicted
 cached slot leaves nothing behind. Every output is compared with a cold engine (both caches off).
-Families: Qwen2.5-VL (M-RoPE), Qwen3-VL (DeepStack) and v1 (1-D RoPE, <img> spans).
+Families: Qwen2.5-VL (M-RoPE), Qwen3-VL (DeepStack) and v1 (1-D RoPE, <img> spans). Loaded in fp32
+(not load's "auto"): cached and cold runs must give identical tokens, which bf16 rounding could break.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ def user(*parts) -> dict:
 
 @pytest.fixture(scope="module")
 def q25(tiny_ckpt):
-    return qwenvl.load(tiny_ckpt("qwen2_5_vl")[0])
+    return qwenvl.load(tiny_ckpt("qwen2_5_vl")[0], dtype="float32")
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +47,7 @@ def q3(tmp_path_factory):
     folder = tmp_path_factory.mktemp("q3cache")
     make_qwen3_checkpoint(folder, moe=False, seed=5)
     write_qwen3_vl_folder(folder)
-    return qwenvl.load(folder)
+    return qwenvl.load(folder, dtype="float32")
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +57,7 @@ def v1(tmp_path_factory):
     folder = write_checkpoint(tmp_path_factory.mktemp("v1cache"), cfg, official_state(cfg, seed=4), "safetensors")
     shutil.copyfile(qwen_tiktoken_path(), folder / "qwen.tiktoken")
     (folder / "generation_config.json").write_text(json.dumps({"chat_format": "chatml", "eos_token_id": 151643}))
-    return qwenvl.load(folder)
+    return qwenvl.load(folder, dtype="float32")
 
 
 @pytest.fixture(params=["qwen2_5_vl", "qwen3_vl", "qwen_vl"])

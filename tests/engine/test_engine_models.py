@@ -5,6 +5,7 @@ past seq_length, which each request must get from its OWN prompt length): ~8 mix
 together (staggered lengths, so slots free and refill mid-run), greedy with and without a repetition
 penalty, seeded sampling with a seed per request, and requests submitted while others are mid-decode.
 "Alone" is a one-slot engine per request. Qwen3-VL's batched check lives in test_pipeline_parity_qwen3.
+Loaded in fp32 (not load's "auto"): token equality is the point, and bf16 rounding could break it.
 """
 
 from __future__ import annotations
@@ -69,12 +70,12 @@ def v1_pipe(tmp_path_factory):
     folder = write_checkpoint(tmp_path_factory.mktemp("v1eng"), cfg, official_state(cfg, seed=4), "safetensors")
     shutil.copyfile(qwen_tiktoken_path(), folder / "qwen.tiktoken")
     (folder / "generation_config.json").write_text(json.dumps({"chat_format": "chatml", "eos_token_id": 151643}))
-    return qwenvl.load(folder)
+    return qwenvl.load(folder, dtype="float32")
 
 
 @pytest.fixture(scope="module")
 def q25_pipe(tiny_ckpt):
-    return qwenvl.load(tiny_ckpt("qwen2_5_vl")[0])
+    return qwenvl.load(tiny_ckpt("qwen2_5_vl")[0], dtype="float32")
 
 
 @pytest.fixture(params=["qwen_vl", "qwen2_5_vl"])

@@ -33,3 +33,36 @@ def test_load_accepts_auto_and_names_bad_dtypes(tiny_ckpt):
     assert pipe.model.model.embed_tokens.weight.dtype == auto_dtype("cpu")[0]
     with pytest.raises(ValueError, match="auto"):
         qwenvl.load(folder, dtype="float8")
+
+
+def test_load_defaults_to_auto_and_reports_the_choice():
+    import qwenvl
+
+    want, why = auto_dtype("cpu")
+    pipe = qwenvl.load("qwenvl-tiny")
+    assert pipe.dtype == want and pipe.dtype_reason == why and why != "requested"
+    assert pipe.model.model.embed_tokens.weight.dtype == want
+
+
+@pytest.mark.parametrize("flags, want", [({"amx_bf16"}, torch.bfloat16), ({"avx512_bf16"}, torch.bfloat16),
+                                         (set(), torch.float32)])
+def test_load_default_follows_the_cpu_flags(monkeypatch, flags, want):
+    """Both branches of the default, whatever this machine's CPU has."""
+    import qwenvl
+    from qwenvl.engine import precision
+
+    monkeypatch.setattr(precision, "cpu_flags", lambda: set(flags))
+    pipe = qwenvl.load("qwenvl-tiny")
+    assert pipe.dtype == want and pipe.dtype_reason == auto_dtype("cpu", flags)[1]
+    assert pipe.model.model.embed_tokens.weight.dtype == want
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bf16", torch.float32, torch.bfloat16])
+def test_an_explicit_dtype_wins(dtype):
+    import qwenvl
+    from qwenvl.pipeline import DTYPES
+
+    want = DTYPES.get(dtype, dtype)
+    pipe = qwenvl.load("qwenvl-tiny", dtype=dtype)
+    assert pipe.dtype == want and pipe.dtype_reason == "requested"
+    assert pipe.model.model.embed_tokens.weight.dtype == want
