@@ -51,6 +51,15 @@ def rss(pid: int) -> int:
     return 0
 
 
+def cpu_seconds(pid: int | None = None) -> float:
+    """User + system CPU seconds of a process (this one when pid is None)."""
+    if pid is None:
+        t = os.times()
+        return t.user + t.system
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def serve_and_load(args) -> dict:
     import socket
     import urllib.request
@@ -61,9 +70,10 @@ def serve_and_load(args) -> dict:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     url = f"http://127.0.0.1:{port}"
+    env = {**os.environ, **({"OMP_NUM_THREADS": str(args.server_threads)} if args.server_threads else {})}
     proc = subprocess.Popen([sys.executable, "-m", "qwenvl", "serve", "--port", str(port), "--slots", str(args.slots),
                              "--max-pending", str(4 * args.clients), "--log-level", "warning"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     try:
         for _ in range(600):
             try:
@@ -74,15 +84,19 @@ def serve_and_load(args) -> dict:
         asyncio.run(run_load(url, clients=args.clients, seconds=10, max_tokens=args.max_tokens))
         time.sleep(1)
         before = rss(proc.pid)
+        c0, s0, t0 = cpu_seconds(), cpu_seconds(proc.pid), time.perf_counter()
         rep = asyncio.run(run_load(url, clients=args.clients, seconds=args.seconds, max_tokens=args.max_tokens))
+        wall = time.perf_counter() - t0
+        client_cores, server_cores = (cpu_seconds() - c0) / wall, (cpu_seconds(proc.pid) - s0) / wall
         time.sleep(1)
         after = rss(proc.pid)
     finally:
         proc.terminate()
         proc.wait(timeout=20)
     print(format_report(rep))
-    print(f"  server RSS {before / 2**20:.0f} -> {after / 2**20:.0f} MiB ({100 * (after / before - 1):+.1f}%)")
-    return {**rep.summary(), "rss_before": before, "rss_after": after}
+    print(f"  server RSS {before / 2**20:.0f} -> {after / 2**20:.0f} MiB ({100 * (after / before - 1):+.1f}%); "
+          f"CPU used: server {server_cores:.2f} cores, load generator {client_cores:.2f} cores")
+    return {**rep.summary(), "rss_before": before, "rss_after": after, "client_cores": client_cores}
 
 
 def engine_limit(args) -> float:
@@ -118,10 +132,12 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=60)
     ap.add_argument("--slots", type=int, default=8)
     ap.add_argument("--max-tokens", type=int, default=32)
+    ap.add_argument("--server-threads", type=int, default=0, help="OMP_NUM_THREADS of the server (0: default)")
     args = ap.parse_args()
     print(f"# bench_server {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} | {cpu_line()} | torch threads "
           f"{os.environ.get('OMP_NUM_THREADS', 'default')}")
-    print(f"# qwenvl-tiny, {args.clients} streaming clients, {args.slots} slots, max_tokens {args.max_tokens}")
+    print(f"# qwenvl-tiny (dtype auto), {args.clients} streaming clients, {args.slots} slots, max_tokens "
+          f"{args.max_tokens}, server threads {args.server_threads or 'default'}")
     srv = serve_and_load(args)
     lim = engine_limit(args)
     print("\n| row | completion tok/s | TTFT p50 / p99 s | latency p50 / p99 s | errors |\n|---|---|---|---|---|")
@@ -129,8 +145,9 @@ def main() -> None:
           f"{srv['ttft_p50_s']:.2f} / {srv['ttft_p99_s']:.2f} | {srv['latency_p50_s']:.2f} / "
           f"{srv['latency_p99_s']:.2f} | {srv['errors']} |")
     print(f"| limit: same requests, in-process Engine, no HTTP | {lim:.1f} | | | |")
-    print(f"\nserver = {100 * srv['tokens_per_s'] / lim:.0f}% of the in-process engine "
-          "(tokens of requests hung up on purpose are not counted on the server row)")
+    print(f"\nserver = {100 * srv['tokens_per_s'] / lim:.0f}% of the in-process engine, while the load generator "
+          f"took {srv['client_cores']:.2f} of the {os.cpu_count()} cores (tokens of requests hung up on purpose are "
+          "not counted on the server row)")
 
 
 if __name__ == "__main__":
