@@ -55,6 +55,18 @@ class State:
         self.metrics = Metrics(self.runner)
         self.max_len = pipe.engine.pool.max_len
         self.started = int(time.time())
+        self.inflight = 0  # chat requests anywhere between their first byte and their last (event loop only)
+
+    def enter(self) -> None:
+        """Admit one chat request before its body is read or its images fetched: past the engine's
+        slots + max_pending, 429 at once (so a flood cannot pile bodies and decodes up in memory)."""
+        if self.inflight >= self.runner.capacity:
+            raise APIError(429, f"the server is busy: {self.inflight} requests in flight; try again later",
+                           code="server_busy")
+        self.inflight += 1
+
+    def leave(self) -> None:
+        self.inflight -= 1
 
     def token_bytes(self, tid: int) -> bytes:
         vocab = getattr(self.pipe, "vocab", None)
@@ -133,17 +145,33 @@ def create_app(pipe, options: ServerOptions | None = None) -> FastAPI:
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
         _auth(request)
-        req = parse_chat_request(await _read_body(request, options.max_body_bytes))
-        job = await chat.prepare(state, req)
-        if not req.stream:
-            async def gone() -> None:  # resolves when the client has hung up
-                while not await request.is_disconnected():
-                    await asyncio.sleep(0.25)
+        state.enter()
+        streaming = False
+        try:
+            req = parse_chat_request(await _read_body(request, options.max_body_bytes))
+            job = await chat.prepare(state, req)
+            if not req.stream:
+                async def gone() -> None:  # resolves when the client has hung up
+                    while not await request.is_disconnected():
+                        await asyncio.sleep(0.25)
 
-            return JSONResponse(await chat.complete(state, job, gone))
-        stream = await chat.open_stream(state, job)
-        return StreamingResponse(chat.stream_sse(state, job, stream), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+                return JSONResponse(await chat.complete(state, job, gone))
+            stream = await chat.open_stream(state, job)
+            streaming = True
+            return StreamingResponse(_released(chat.stream_sse(state, job, stream)), media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        finally:
+            if not streaming:
+                state.leave()
+
+    async def _released(lines):
+        """The SSE lines; the request leaves the in-flight count when the stream ends or is dropped."""
+        try:
+            async for line in lines:
+                yield line
+        finally:
+            await lines.aclose()
+            state.leave()
 
     @app.get("/v1/models")
     async def models(request: Request) -> dict:
@@ -157,7 +185,7 @@ def create_app(pipe, options: ServerOptions | None = None) -> FastAPI:
         eng = state.runner.engine
         return {"status": "ok", "model": options.model_name, "slots_total": eng.pool.n_slots,
                 "slots_free": len(eng.pool.free), "running": len(eng.scheduler.running),
-                "waiting": len(eng.scheduler.waiting), "active": state.runner.active}
+                "waiting": len(eng.scheduler.waiting), "active": state.runner.active, "in_flight": state.inflight}
 
     @app.get("/metrics")
     async def metrics() -> Response:

@@ -27,7 +27,7 @@ def wait_idle(server, timeout: float = 60) -> dict:
     deadline = time.monotonic() + timeout
     while True:
         h = server.health()
-        if h["active"] == 0 or time.monotonic() > deadline:
+        if (h["active"] == 0 and h["in_flight"] == 0) or time.monotonic() > deadline:
             return h
         time.sleep(0.2)
 
@@ -48,5 +48,5 @@ def test_32_streaming_clients_for_60s(server):
     assert rep.errors == [], rep.errors[:5]
     assert rep.ok > 32 and rep.disconnected > 0
     assert after <= 1.10 * before, f"RSS grew {before} -> {after}"
-    assert h["active"] == 0 and h["running"] == 0 and h["waiting"] == 0
+    assert h["active"] == 0 and h["running"] == 0 and h["waiting"] == 0 and h["in_flight"] == 0
     assert h["slots_free"] == h["slots_total"]
