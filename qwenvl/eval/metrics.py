@@ -3,23 +3,27 @@ multiple choice by likelihood, and per-task aggregation. Written from the defini
 shared/reference/eval-metrics.md (4.1); every function scores ONE example and returns a float in [0, 1]
 (CIDEr: a corpus, x10 scale), so a run's score is the mean that `aggregate` takes.
 
-Definitional choices (where the reference implementations disagree or the definition leaves a gap):
+Definitional choices (each follows a reference harness named in shared/reference/eval-metrics.md 4.1):
 
-* VQA accuracy normalises the prediction and every GT answer with `normalize_vqa_answer` (the original VQA
-  script skips this when all GT answers agree, relying on pre-normalised GT; lmms-eval always normalises).
-  With >= 10 GT answers: the leave-one-out consensus. With fewer (our synthetic data has 1): 1.0 if the
-  normalised prediction equals any normalised answer, else 0.0 -- the leave-one-out rule would give 0 for a
-  single answer and cap 2..9 answers below 1.
-* ANLS follows the DocVQA definition (Biten et al. 2019): both strings lower-cased, stripped and
-  whitespace-collapsed; NL = Levenshtein / max(len) of those SAME normalised strings (one implementation takes
-  the lengths of the raw strings, which can only lower NL); score = max over GTs of 1 - NL, kept when
-  1 - NL >= tau and 0 otherwise. At exactly NL = tau the score is 1 - tau (as every evaluator in the reference
-  table computes it; the paper's "NL < tau" would give 0 there).
+* VQA accuracy with >= 10 GT answers is the official VQA script's (Qwen-VL eval_mm/vqa_eval.py): the prediction
+  gets the whole normaliser (`normalize_vqa_answer`); the GT answers, taken as shipped pre-normalised, get only
+  the punctuation step (`process_punctuation`, no lower-casing, number words or articles), and only when they are
+  not all the same string; score = mean over i of min(1, #{j != i : a_j == pred} / 3), leaving answers out by
+  POSITION. gt_norm="full" normalises every GT answer fully instead (VLMEvalKit's `process_line`). With fewer
+  than 10 answers (our synthetic data has 1; the leave-one-out rule would give 0 for one answer and cap 2..9
+  below 1): 1.0 if the normalised prediction equals any fully normalised answer, else 0.0.
+* ANLS is Qwen-VL's eval_mm/infographicsvqa_eval.py (= VLMEvalKit `anls_compute`, lmms-eval `anls`): the
+  Levenshtein distance is taken between the lower-cased, stripped, whitespace-collapsed strings, but the length
+  that divides it is max(len(gt.upper()), len(pred.upper())) of the RAW strings (so "  ab  cd  " vs "abcd" is
+  NL = 1/10, not 1/5); score = 1 - min NL over GTs, zeroed when that is < tau (so kept at exactly tau).
 * Relaxed accuracy (ChartQA): both strings stripped; if both parse as finite floats ("%" suffix -> /100) and the
   GT is non-zero: |pred - gt| / |gt| <= 5 %; otherwise case-insensitive exact match. No thousands separators.
-* IoU uses continuous [x1, y1, x2, y2] coordinates (area = w * h, no "+1"); zero-area union gives 0.
-* Grounding parses only the FIRST box of the output with the version-aware codec (original-image pixels), so no
-  scale heuristic ever guesses between per-mille and pixels; a hit is IoU >= thr.
+* IoU uses continuous [x1, y1, x2, y2] coordinates (area = w * h, no "+1", torchvision's `box_area`); a
+  non-positive union gives 0.
+* Grounding parses only the FIRST box of the output, so no scale heuristic ever guesses between per mille and
+  pixels. Qwen-VL (v1) boxes are read as Qwen-VL's eval_mm/evaluate_grounding.py reads them
+  (`qwen_vl_eval_box`: per mille / 999 * (w, h), float32, IoU in float32); the other families go through the
+  version-aware codec (original-image pixels). A hit is IoU >= thr.
 
 Must not: import the model, tokenizers or heavy packages; the runner builds log-prob functions on the model.
 """
@@ -27,12 +31,16 @@ Must not: import the model, tokenizers or heavy packages; the runner builds log-
 from __future__ import annotations
 
 import math
+import re
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+import numpy as np
+
+from qwenvl.config import QWEN_VL
 from qwenvl.eval.cider import cider, tokenize_caption
-from qwenvl.eval.vqa_norm import normalize_vqa_answer
+from qwenvl.eval.vqa_norm import normalize_vqa_answer, process_punctuation
 from qwenvl.processing.grounding import parse_boxes
 
 __all__ = [
@@ -47,6 +55,7 @@ __all__ = [
     "mc_accuracy",
     "normalize_simple",
     "normalize_vqa_answer",
+    "qwen_vl_eval_box",
     "relaxed_accuracy",
     "tokenize_caption",
     "vqa_accuracy",
@@ -71,22 +80,29 @@ def normalize_simple(s: str) -> str:
 VQA_CONSENSUS_ANSWERS = 10  # the VQA protocol's 10 human answers per question
 
 
-def vqa_accuracy(pred: str, answers: Sequence[str]) -> float:
-    """VQA accuracy of one prediction.
+def vqa_accuracy(pred: str, answers: Sequence[str], gt_norm: str = "official") -> float:
+    """VQA accuracy of one prediction (see the module docstring for the reference it follows).
 
-    With n >= 10 answers: mean over i of min(1, #{j != i : a_j == pred} / 3) (all strings normalised), so
-    1, 2, 3, >= 4 matching humans out of 10 give 0.3, 0.6, 0.9, 1.0. With fewer: normalised exact match
-    against any answer (see the module docstring).
+    With n >= 10 answers: mean over i of min(1, #{j != i : a_j == pred} / 3), so 1, 2, 3, >= 4 matching humans
+    out of 10 give 0.3, 0.6, 0.9, 1.0. gt_norm="official": the GT answers get only `process_punctuation`, and
+    only when they differ, e.g. pred "dog" vs ["dog."] * 3 + ["cat"] * 7 -> 0.9 but vs ["dog."] * 10 -> 0.0, and
+    "cat" vs ["The cat"] * 3 + ["dog"] * 7 -> 0.0; gt_norm="full" normalises them like the prediction (1.0, 0.9
+    for the last two). With fewer answers: fully normalised exact match against any answer.
     """
     answers = _answers(answers, "vqa_accuracy")
+    if gt_norm not in ("official", "full"):
+        raise ValueError(f"gt_norm must be 'official' or 'full', got {gt_norm!r}")
     p = normalize_vqa_answer(pred)
-    norm = [normalize_vqa_answer(a) for a in answers]
-    if len(norm) < VQA_CONSENSUS_ANSWERS:
-        return float(p in norm)
-    matches = [a == p for a in norm]
+    if len(answers) < VQA_CONSENSUS_ANSWERS:
+        return float(p in {normalize_vqa_answer(a) for a in answers})
+    if gt_norm == "full":
+        gts = [normalize_vqa_answer(a) for a in answers]
+    else:
+        gts = [process_punctuation(a) for a in answers] if len(set(answers)) > 1 else list(answers)
+    matches = [g == p for g in gts]
     total = sum(matches)
-    # Leaving out answer i removes one match exactly when answer i itself matches.
-    return sum(min(1.0, (total - m) / 3) for m in matches) / len(norm)
+    # Leaving out answer i (by position) removes one match exactly when answer i itself matches.
+    return sum(min(1.0, (total - m) / 3) for m in matches) / len(gts)
 
 
 _NORMALIZERS: dict[str, Callable[[str], str]] = {
@@ -124,19 +140,19 @@ def levenshtein(a: str, b: str) -> int:
 
 
 def anls(pred: str, gts: str | Sequence[str], tau: float = 0.5) -> float:
-    """Average Normalised Levenshtein Similarity of one answer: max over GTs of 1 - NL, zeroed below tau.
+    """Average Normalised Levenshtein Similarity of one answer: 1 - min over GTs of NL, zeroed below tau.
 
-    NL = Levenshtein(g, p) / max(len(g), len(p)) with g, p lower-cased and whitespace-collapsed (two empty
-    strings: NL = 0). E.g. "abcd" vs "abxy": NL = 2/4, score 0.5 (kept at tau = 0.5); "abcd" vs "axyz": 0.
+    NL = Levenshtein(g', p') / max(len(g.upper()), len(p.upper())): g', p' lower-cased, stripped and
+    whitespace-collapsed, the lengths those of the RAW strings (0 / 0 -> NL = 0). E.g. "abcd" vs "abxy": 2/4,
+    score 0.5 (kept at tau = 0.5); "abcd" vs "axyz": 0; "  ab  cd  " vs "abcd": 1/10 -> 0.9.
     """
     p = normalize_simple(pred)
-    best = 0.0
+    nls = []
     for gt in _answers(gts, "anls"):
-        g = normalize_simple(gt)
-        longest = max(len(g), len(p))
-        nl = levenshtein(g, p) / longest if longest else 0.0
-        best = max(best, 1.0 - nl)
-    return best if best >= tau else 0.0
+        longest = max(len(gt.upper()), len(pred.upper()))  # upper(): the reference's, "ß" counts 2
+        nls.append(levenshtein(normalize_simple(gt), p) / longest if longest else 0.0)
+    score = 1.0 - min(nls)
+    return score if score >= tau else 0.0
 
 
 # ------------------------------------------------------------------------- relaxed accuracy (ChartQA)
@@ -186,6 +202,50 @@ def iou(a: Sequence[float], b: Sequence[float]) -> float:
     return inter / union if union > 0 else 0.0
 
 
+# Qwen-VL's official grounding eval reads the first "(a),(b)" pair of the answer; the answer it reads is the text
+# generated after the prompt's "<box>", decoded without special tokens.
+_V1_PAIR = re.compile(r"\((.*?)\),\((.*?)\)")
+_V1_SPECIAL = re.compile(r"</?(?:ref|box|quad|img)>|<imgpad>|<\|[^|<>]*\|>")
+_V1_GRID = 999  # the eval divides by 999; the model card's drawing code divides by 1000 (architecture-facts A.7)
+
+
+def qwen_vl_eval_box(answer: str, image_size: tuple[int, int]) -> tuple[float, float, float, float]:
+    r"""The predicted box of a Qwen-VL (v1) grounding answer as eval_mm/evaluate_grounding.py decodes it.
+
+    Text after the first "<box>" (all of it when there is none), special-token strings removed; the first
+    match of `\((.*?)\),\((.*?)\)`, each group split on "," into exactly two floats; then x / 999 * w and
+    y / 999 * h in float32. Anything unparsable gives (0, 0, 0, 0), which scores IoU 0. No clamping and no
+    corner swap. E.g. "(100,200),(500,700)" on 640x480 -> (64.064, 96.096, 320.32, 336.336).
+    image_size: (w, h) of the original image.
+    """
+    _, tag, after = answer.partition("<box>")
+    m = _V1_PAIR.search(_V1_SPECIAL.sub("", after if tag else answer))
+    try:
+        if m is None or "," not in m.group(1) or "," not in m.group(2):
+            raise ValueError
+        x1, y1 = (float(v) for v in m.group(1).split(","))
+        x2, y2 = (float(v) for v in m.group(2).split(","))
+    except ValueError:
+        return (0.0, 0.0, 0.0, 0.0)
+    w, h = image_size
+    with np.errstate(all="ignore"):  # "1e50" -> inf, as in the reference's float32 tensor
+        scaled = np.array([x1, y1, x2, y2]).astype(np.float32) / np.float32(_V1_GRID)
+        scaled *= np.array([w, h, w, h], dtype=np.float32)
+    return tuple(float(v) for v in scaled)
+
+
+def _iou_float32(a: Sequence[float], b: Sequence[float]) -> float:
+    """`iou` in float32, in the order torchvision's box_area / the reference's box_iou compute it."""
+    a, b = np.asarray(a, dtype=np.float32), np.asarray(b, dtype=np.float32)
+    with np.errstate(all="ignore"):  # inf boxes give nan, which is no hit
+        area_a = (a[2] - a[0]) * (a[3] - a[1])
+        area_b = (b[2] - b[0]) * (b[3] - b[1])
+        wh = np.maximum(np.minimum(a[2:], b[2:]) - np.maximum(a[:2], b[:2]), np.float32(0))
+        inter = wh[0] * wh[1]
+        union = area_a + area_b - inter
+        return float(inter / union) if union > 0 else 0.0
+
+
 def grounding_hit(
     pred_text: str,
     gt_box: Sequence[float],
@@ -197,9 +257,12 @@ def grounding_hit(
     """1.0 if the FIRST box in `pred_text` has IoU >= thr with `gt_box`, else 0.0 (also when none parses).
 
     gt_box: [x1, y1, x2, y2] in original-image pixels (RefCOCO stores xywh: see `xywh_to_xyxy`).
-    family/image_size/input_size as in `qwenvl.processing.grounding.parse_boxes` (input_size = (w, h) of the
-    resized model input, required for qwen2_5_vl).
+    family "qwen_vl": `qwen_vl_eval_box` and a float32 IoU, as Qwen-VL's own RefCOCO eval. Other families: the
+    codec `qwenvl.processing.grounding.parse_boxes` (input_size = (w, h) of the resized model input, required
+    for qwen2_5_vl).
     """
+    if family == QWEN_VL:
+        return float(_iou_float32(qwen_vl_eval_box(pred_text, image_size), gt_box) >= thr)
     boxes = parse_boxes(pred_text, family, image_size, input_size)
     if not boxes:
         return 0.0
@@ -216,8 +279,9 @@ def choose_by_likelihood(
     """Index of the choice the model finds likeliest as a continuation of `prompt` (ties: the first).
 
     logprob_fn(prompt, continuation) returns the summed token log-probabilities of the continuation. With
-    per_byte=True each sum is divided by the continuation's UTF-8 length (lm-eval's "acc_norm"), which stops
-    long options from losing just for having more tokens.
+    per_byte=True each sum is divided by the continuation's UTF-8 length (lm-eval's "acc_bytes"; its "acc_norm"
+    divides by characters), which stops long options from losing just for having more tokens. Per-token
+    normalisation (Qwen-VL's eval_mm) needs the token counts: `qwenvl.eval.likelihood.choose`.
     """
     if not choices:
         raise ValueError("choose_by_likelihood needs at least one choice")

@@ -3,7 +3,7 @@
     OUTPUT_DIR/checkpoints/step_00000120/
         state.pt      trainable parameters (fp32, by QwenVLModel name), optimizer, scheduler, step
         rank0.pt ...  per rank: RNG states (python, numpy, torch) and the data-stream position
-        meta.json     step, config hash, world size, elapsed seconds (written last)
+        meta.json     step, config hash, world size, elapsed seconds, precision (written last)
     OUTPUT_DIR/final/  config.json + model.safetensors (weights.save_model, HF layout) + tokenizer files
 
 Atomicity: a checkpoint is assembled in `checkpoints/.tmp-step_N/`, each file fsynced, then the folder

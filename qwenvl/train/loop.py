@@ -6,7 +6,10 @@
 
 One optimizer step = grad_accum micro-batches per process; the loss is the token-level mean over
 every supervised target of the step on all ranks (so accumulation and process count do not change
-the math). bf16 autocast is optional (fp32 master weights); fp16 is never used (~1000x slower here).
+the math). Precision (run.precision): "bf16" autocast (fp32 master weights) or "fp32"; "auto" (the
+default) picks bf16 only where the CPU computes it natively (engine/precision.auto_dtype: avx512_bf16 or
+AMX), since emulated bf16 is 3-5x slower than fp32. The choice and its reason go into the summary, the
+checkpoint's meta.json and the log line. fp16 is never used (~1000x slower here).
 
 Budgets: `schedule.max_steps` and/or `schedule.max_minutes`. The LR schedule is over steps; with only
 minutes, `calibrate_steps` probe passes (forward + backward on the first batches, then the model,
@@ -207,6 +210,16 @@ def set_gradient_checkpointing(model: nn.Module, on: bool) -> None:
 # the run
 
 
+def resolve_precision(precision: str, device: str | torch.device = "cpu") -> tuple[str, str]:
+    """run.precision -> ("bf16" | "fp32", the reason in words); "auto" asks engine/precision.auto_dtype."""
+    if precision in ("bf16", "fp32"):
+        return precision, f"run.precision = {precision}"
+    from qwenvl.engine.precision import auto_dtype
+
+    dtype, why = auto_dtype(device)
+    return ("bf16" if dtype == torch.bfloat16 else "fp32"), f"auto: {why}"
+
+
 def seed_everything(seed: int) -> None:
     import random
 
@@ -278,7 +291,8 @@ class _Run:
         self.stream = BatchStream(data.dataset, data.collate, s.batch_size, cfg.run.seed, info.rank, info.world)
         self.metrics = MetricsLog(self.out, info.is_main, cfg.run.tensorboard)
         self.step, self.losses, self.val_losses, self.tokens = 0, {}, {}, 0
-        self.autocast = lambda: torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.run.bf16)
+        self.precision, self.precision_reason = resolve_precision(cfg.run.precision)
+        self.autocast = lambda: torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.precision == "bf16")
         self.last_ckpt: Path | None = None
 
     # -- helpers -----------------------------------------------------------------------------------
@@ -320,6 +334,8 @@ class _Run:
         load_state(self.wrapped, self.optimizer, state["model"], state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.step, self.prior_elapsed = state["step"], meta["elapsed_s"]
+        if meta.get("precision", self.precision) != self.precision:  # run.precision "auto" on another CPU
+            self.say(f"note: {found} trained in {meta['precision']}, this machine continues in {self.precision}")
         self.stream.load_state_dict(rank_state["data"])
         set_rng_state(rank_state["rng"])  # last: model building above consumed RNG
         self.say(f"resumed from {found} (step {self.step})")
@@ -377,7 +393,8 @@ class _Run:
         norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
         if not math.isfinite(norm):  # stop before the update: the weights and the last checkpoint stay good
             raise FloatingPointError(f"non-finite gradient norm at step {self.step + 1}; resume from "
-                                     f"{self.last_ckpt or 'the start'} with a lower optim.lr or run.bf16 = false")
+                                     f"{self.last_ckpt or 'the start'} with a lower optim.lr or run.precision = "
+                                     "\"fp32\"")
         lr = self.scheduler.apply(self.step)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -405,7 +422,7 @@ class _Run:
         total, n = all_reduce(sums, self.info).tolist()
         loss = total / max(n, 1.0)
         self.val_losses[self.step] = loss
-        self.metrics.log("val", self.step, loss=loss, elapsed_s=self.elapsed())
+        self.metrics.log("val", self.step, loss=loss, elapsed_s=self.elapsed(), precision=self.precision)
         return loss
 
     def checkpoint(self) -> None:
@@ -413,7 +430,8 @@ class _Run:
         state = {"model": model_state, "optimizer": optim_state, "scheduler": self.scheduler.state_dict(),
                  "step": self.step} if self.info.is_main else None
         meta = {"config_hash": config_hash(self.cfg), "elapsed_s": self.elapsed(),
-                "total_steps": self.scheduler.total_steps, "frozen_fingerprint": frozen_fingerprint(self.model)}
+                "total_steps": self.scheduler.total_steps, "frozen_fingerprint": frozen_fingerprint(self.model),
+                "precision": self.precision}
         rank_state = {"rng": rng_state(), "data": self.stream.state_dict()}
         self.last_ckpt = save_checkpoint(self.out, self.step, self.info, state=state, rank_state=rank_state,
                                          meta=meta, keep_last=self.cfg.run.keep_last)
@@ -444,6 +462,7 @@ class _Run:
     # -- main --------------------------------------------------------------------------------------
     def run(self, resume: bool) -> dict:
         cfg, s = self.cfg, self.cfg.schedule
+        self.say(f"precision: {self.precision} ({self.precision_reason})")
         resumed = self.restore(resume)
         self.metrics.start(self.step if resumed else None)
         calibrated = self.scheduler.total_steps == 0
@@ -469,8 +488,9 @@ class _Run:
                     dt = time.perf_counter() - t_log
                     self.metrics.log("train", self.step, loss=sum(window) / len(window), lr=lr, grad_norm=norm,
                                      tokens=self.tokens, tokens_per_s=tok_log / max(dt, 1e-9),
-                                     elapsed_s=self.elapsed())
-                    bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tok_log / max(dt, 1e-9):.0f}", lr=f"{lr:.2e}")
+                                     elapsed_s=self.elapsed(), precision=self.precision)
+                    bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tok_log / max(dt, 1e-9):.0f}", lr=f"{lr:.2e}",
+                                    prec=self.precision)
                     window, t_log, tok_log = [], time.perf_counter(), 0
                 if cfg.run.eval_every and self.step % cfg.run.eval_every == 0 and self.step < total:
                     self.evaluate()
@@ -497,7 +517,8 @@ class _Run:
                    "tokens": self.tokens, "elapsed_s": self.elapsed(), "trainable": self.trainable,
                    "output_dir": str(self.out), "checkpoint": str(self.last_ckpt),
                    "resumed_from": str(resumed) if resumed else None,
-                   "export": str(exported) if exported else None}
-        self.say(f"done: step {self.step}, train loss {summary['train_loss']}, val loss {val}, "
+                   "export": str(exported) if exported else None,
+                   "precision": self.precision, "precision_reason": self.precision_reason}
+        self.say(f"done: step {self.step} ({self.precision}), train loss {summary['train_loss']}, val loss {val}, "
                  f"{summary['elapsed_s']:.0f} s; export {summary['export']}")
         return summary

@@ -1,6 +1,7 @@
 """Training metrics: a CSV (always), TensorBoard scalars (when installed), a PNG loss curve (matplotlib, Agg).
 
-    OUTPUT_DIR/metrics.csv    step,split,loss,lr,grad_norm,tokens,tokens_per_s,elapsed_s   (split: train | val)
+    OUTPUT_DIR/metrics.csv    step,split,loss,lr,grad_norm,tokens,tokens_per_s,elapsed_s,precision
+                              (split: train | val; precision: the compute precision, bf16 | fp32)
     OUTPUT_DIR/loss.png       train and val loss against step
     OUTPUT_DIR/tb/            TensorBoard event files
 
@@ -17,7 +18,7 @@ import math
 import os
 from pathlib import Path
 
-COLUMNS = ("step", "split", "loss", "lr", "grad_norm", "tokens", "tokens_per_s", "elapsed_s")
+COLUMNS = ("step", "split", "loss", "lr", "grad_norm", "tokens", "tokens_per_s", "elapsed_s", "precision")
 
 
 class MetricsLog:
@@ -72,7 +73,7 @@ class MetricsLog:
             csv.DictWriter(f, COLUMNS).writerow(row)
         if self._tb is not None:
             for k, v in values.items():
-                if v is not None:
+                if isinstance(v, int | float):  # not the precision string
                     self._tb.add_scalar(f"{split}/{k}", v, step)
 
     def plot(self) -> Path | None:
@@ -111,7 +112,7 @@ class MetricsLog:
             self._tb = None
 
 
-def _fmt(v: float | int | None) -> str:
+def _fmt(v: float | int | str | None) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return ""
     return f"{v:.6g}" if isinstance(v, float) else str(v)

@@ -54,6 +54,12 @@ def stage_table(evals: dict[str, dict]) -> str:
             cells.append("" if val is None else f"{fmt(val)} (en {fmt(en)} / zh {fmt(zh)})"
                          if en is not None and zh is not None else fmt(val))
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    if any("blind" in evals[s] for s in stages):  # the blind-baseline verdict of eval/runner.py
+        cells = []
+        for s in stages:
+            v = evals[s].get("blind", {}).get("verdict")
+            cells.append(f"{v['uses_image']} ({v['tasks_using_image']} of {v['image_tasks']} tasks)" if v else "")
+        lines.append("| uses the image (real beats blank and another image) | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -132,9 +138,9 @@ def ship(run: str | Path, dest: str | Path, recipes: list[str], root: str | Path
         (tmp / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
     if done[-1] in evals:
         (tmp / "eval.json").write_text(json.dumps(evals[done[-1]], indent=1, ensure_ascii=False) + "\n")
-        from qwenvl.eval.runner import markdown_table
+        from qwenvl.eval.runner import report_markdown
 
-        (tmp / "eval.md").write_text(markdown_table(evals[done[-1]]["summary"]))
+        (tmp / "eval.md").write_text(report_markdown(evals[done[-1]]))  # + blind baselines when evaluated
     if evals:
         (tmp / "stages.md").write_text(stage_table(evals))
         plot(run, evals, tmp)

@@ -39,10 +39,43 @@ def test_vqa_accuracy_ten_answers(matching: int, expected: float) -> None:
     assert vqa_accuracy("Two dogs.", answers) == pytest.approx(expected)
 
 
-def test_vqa_accuracy_normalises_both_sides() -> None:
-    answers = ["The cat"] * 3 + ["dog"] * 7
-    assert vqa_accuracy("cat", answers) == pytest.approx(0.9)
-    assert vqa_accuracy("I dont know", ["i don't know"] * 10) == 1.0
+# Worked values of the official VQA script (Qwen-VL eval_mm/vqa_eval.py, VQAEval.evaluate) run on these answers:
+# the prediction is fully normalised; GT answers get only the punctuation step, and only when they differ.
+@pytest.mark.parametrize(
+    ("pred", "answers", "official", "full"),
+    [
+        # GT "two" is not mapped to "2" (digits/articles are not applied to GT), the prediction is: no match.
+        ("two", ["two"] * 3 + ["cat"] * 7, 0.0, 0.9),
+        # GT answers differ -> punctuation step -> "dog." loses its period: 3 matches -> 0.9.
+        ("dog", ["dog."] * 3 + ["cat"] * 7, 0.9, 0.9),
+        # All 10 GT answers the same string -> not processed at all: "dog" != "dog." -> 0.
+        ("dog", ["dog."] * 10, 0.0, 1.0),
+        # The article stays in the GT ("The cat"), the prediction "cat" matches nothing.
+        ("cat", ["The cat"] * 3 + ["dog"] * 7, 0.0, 0.9),
+        # Punctuation that touches no space becomes a space in the GT (" red "), which no prediction equals.
+        ("red", ["(red)"] * 4 + ["blue"] * 6, 0.0, 1.0),
+        # digit,digit anywhere in the answer -> the comma is deleted on both sides: all 10 match.
+        ("1,000", ["1,000"] * 2 + ["1000"] * 8, 1.0, 1.0),
+        ("Yes.", ["yes"] * 10, 1.0, 1.0),
+        ("I dont know", ["i don't know"] * 10, 1.0, 1.0),
+        ("Two dogs.", ["2 dogs"] * 3 + ["cat"] * 7, 0.9, 0.9),
+    ],
+)
+def test_vqa_accuracy_gt_treated_as_the_official_script(pred: str, answers: list[str], official: float,
+                                                         full: float) -> None:
+    assert vqa_accuracy(pred, answers) == pytest.approx(official)
+    assert vqa_accuracy(pred, answers, gt_norm="official") == pytest.approx(official)
+    # gt_norm="full": every GT answer fully normalised, as VLMEvalKit's process_line does.
+    assert vqa_accuracy(pred, answers, gt_norm="full") == pytest.approx(full)
+
+
+def test_vqa_accuracy_leaves_answers_out_by_position() -> None:
+    # Equal strings are still different humans: 2 of 10 say "cat" -> (2 * 1/3 + 8 * 2/3) / 10 = 0.6 (leaving out
+    # every equal string would give (2 * 0 + 8 * 2/3) / 10 = 0.533).
+    assert vqa_accuracy("cat", ["cat"] * 2 + ["dog"] * 8) == pytest.approx(0.6)
+    assert vqa_accuracy("cat", ["cat"] * 4 + ["dog"] * 6) == 1.0
+    with pytest.raises(ValueError, match="gt_norm"):
+        vqa_accuracy("cat", ["cat"] * 10, gt_norm="vlmeval")
 
 
 def test_vqa_accuracy_few_answers_is_normalised_exact_match() -> None:
@@ -88,7 +121,7 @@ def test_anls_values() -> None:
 
 
 def test_anls_threshold_boundary() -> None:
-    # "abcd" vs "abxy": 2 substitutions / 4 -> NL = 0.5, 1 - NL = 0.5 >= tau: kept as 0.5
+    # "abcd" vs "abxy": 2 substitutions / 4 -> NL = 0.5, 1 - NL = 0.5: kept (the reference zeroes only 1 - NL < tau)
     assert anls("abxy", "abcd") == 0.5
     # "abcd" vs "axyz": NL = 3/4 -> 0.25 < 0.5: zeroed
     assert anls("axyz", "abcd") == 0.0
@@ -100,9 +133,21 @@ def test_anls_threshold_boundary() -> None:
     assert anls("axyz", "abcd", tau=0.0) == pytest.approx(0.25)
 
 
-def test_anls_length_uses_normalised_strings() -> None:
-    # Raw lengths would be max(4, 10) for "  ab  cd  "; normalised "ab cd" (5) vs "abcd" (4): 1 deletion -> 0.8
-    assert anls("  ab  cd  ", "abcd") == pytest.approx(0.8)
+# Worked values of Qwen-VL's eval_mm/infographicsvqa_eval.py (evaluate_method) on these answers. The distance is
+# between normalised strings, the length max(len(gt.upper()), len(pred.upper())) of the raw ones; the comments
+# give what lengths of the normalised strings would have scored instead.
+@pytest.mark.parametrize(
+    ("pred", "gt", "expected"),
+    [
+        ("  ab  cd  ", "abcd", 0.9),  # "ab cd" vs "abcd": 1 edit / 10 raw chars (/ 5 would give 0.8)
+        ("a       ", "abcd", 0.625),  # "a" vs "abcd": 3 edits / 8 -> kept (3 / 4 -> 0.25 would be zeroed)
+        ("abc", "  abcd  ", 0.875),  # 1 edit / 8 (/ 4 would give 0.75)
+        ("s", "ß", 0.5),  # 1 edit; "ß".upper() == "SS" counts 2 -> NL 1/2, kept at tau (/ 1 would give 0)
+        ("  ", "", 1.0),  # both normalise to "": distance 0
+    ],
+)
+def test_anls_length_uses_raw_strings(pred: str, gt: str, expected: float) -> None:
+    assert anls(pred, gt) == pytest.approx(expected)
 
 
 # ------------------------------------------------------------------------- relaxed accuracy

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from qwenvl.eval.vqa_norm import CONTRACTIONS, normalize_vqa_answer
+from qwenvl.eval.vqa_norm import CONTRACTIONS, normalize_vqa_answer, process_digit_article, process_punctuation
 
 
 @pytest.mark.parametrize(
@@ -33,9 +33,19 @@ from qwenvl.eval.vqa_norm import CONTRACTIONS, normalize_vqa_answer
         ("what?!", "what"),  # "?" and "!" become spaces, then whitespace is collapsed
         ("  hello\tworld\n", "hello world"),
         ("it's", "it's"),  # apostrophes are not in the punctuation list
-        ("its", "its"),  # a real word, not mapped to "it's"
+        ("its", "its"),  # not in the table, not mapped to "it's"
         ("well", "well"),
         ("10:30", "10:30"),  # ":" is kept
+        # The reference table's quirks, kept: capitalised keys ("Im") never match the lower-cased words, "shes" and
+        # the doubly dropped "couldntve" are absent, "somebody'd" is rewritten without its apostrophe.
+        ("Im", "im"),
+        ("shes", "shes"),
+        ("couldntve", "couldntve"),
+        ("somebody'd", "somebodyd"),
+        ("hed", "he'd"),
+        ("1.5. 2.", "1.5 2"),  # only "." before a digit survives
+        ("x" + "." * 40, "x" + "." * 8),  # the reference deletes at most 32 periods (re.UNICODE == 32 as count)
+        ("1,000 (approx.)", "1000 approx"),
     ],
 )
 def test_normalize_vqa_answer(raw: str, expected: str) -> None:
@@ -46,11 +56,19 @@ def test_two_dogs_and_2_dogs_normalise_alike() -> None:
     assert normalize_vqa_answer("Two dogs.") == normalize_vqa_answer("2 dogs")
 
 
-def test_contraction_table_is_data_without_real_words() -> None:
+def test_contraction_table_is_the_reference_table() -> None:
+    assert len(CONTRACTIONS) == 120
     assert CONTRACTIONS["dont"] == "don't"
     assert CONTRACTIONS["cant"] == "can't"
     assert CONTRACTIONS["yall"] == "y'all"
-    for word in ("its", "well", "were", "ill", "hell", "shell", "id"):
+    assert CONTRACTIONS["'ows'at"] == "'ow's'at"
+    assert CONTRACTIONS["let's"] == "let's"  # identity entries exist
+    for word in ("its", "well", "were", "ill", "hell", "shell", "id", "im", "ive", "lets", "shes"):
         assert word not in CONTRACTIONS
-    # values are canonical forms, which themselves are never rewritten
-    assert all(v not in CONTRACTIONS for v in CONTRACTIONS.values())
+
+
+def test_steps_are_the_reference_functions() -> None:
+    # processPunctuation keeps case and spacing; processDigitArticle lower-cases, maps and joins.
+    assert process_punctuation("(Red)") == " Red "
+    assert process_punctuation("yes, it is.") == "yes it is"
+    assert process_digit_article(" The  Two dogs ") == "2 dogs"

@@ -1,7 +1,9 @@
-"""Data sharding, resumable batch streams, and a real 2-process gloo run (DDP, then FSDP) on mixed batches."""
+"""Data sharding, resumable batch streams, and a real 2-process gloo run (DDP, then FSDP) on mixed batches that
+must equal a 1-process run on the same global batches."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import socket
@@ -13,7 +15,7 @@ import torch.multiprocessing as mp
 
 from qwenvl.train.config import OptimConfig, RunConfig, ScheduleConfig, StageConfig
 from qwenvl.train.distributed import BatchStream, shard_order
-from qwenvl.train.loop import DataSource
+from qwenvl.train.loop import DataSource, build_model
 from tests.train.test_loop import FakeExamples, fake_source, make_cfg, model_cfg_of, one_thread  # noqa: F401
 
 
@@ -81,44 +83,79 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+STEPS = 3
+
+
+def _cfg(root: Path, mode: str, world: int):
+    """The same run for 1 or 2 processes: 8 examples per optimizer step in both (2 ranks x 2 accum x 2 rows,
+    or 1 x 2 accum x 4 rows). The iterable is dealt round-robin, so rank 0 gets examples 0 2 | 4 6 and rank 1
+    1 3 | 5 7 where the single process takes 0-3 | 4-7: each step sums over the same 8 examples."""
+    return make_cfg(root / mode, stage=StageConfig(policy="stage2"),
+                    optim=OptimConfig(lr=2e-3, min_lr=2e-4, warmup_steps=1),
+                    schedule=ScheduleConfig(max_steps=STEPS, batch_size=4 // world, grad_accum=2),
+                    run=RunConfig(output_dir=str(root / mode / "run"), ckpt_every=2, progress=False,
+                                  tensorboard=False, fsdp=mode == "fsdp", log_every=1, eval_batches=1))
+
+
+def _train(root: Path, mode: str, world: int) -> dict:
+    from qwenvl.train.collate import collate
+    from qwenvl.train.loop import train
+
+    cfg = _cfg(root, mode, world)
+    mc = model_cfg_of(cfg)
+    data = DataSource(AlternatingExamples(mc), lambda exs, mc=mc: collate(exs, mc.bos_token_id, False, 128))
+    # val: the first eval batch of each rank together is examples 0-3, as the single process's one batch of 4
+    s = train(cfg, data=data, val_data=fake_source(mc, n=8))
+    return {"losses": s["losses"], "val": s["val_loss"], "export": s["export"]}
+
+
 def _worker(rank: int, world: int, port: int, root: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
     import torch.distributed as dist
 
-    from qwenvl.train.collate import collate
-    from qwenvl.train.loop import train
-
     dist.init_process_group("gloo")  # one group for both runs (train() joins an existing group)
-
-    results = {}
-    for mode in ("ddp", "fsdp"):
-        cfg = make_cfg(Path(root) / mode, stage=StageConfig(policy="stage2"),
-                       optim=OptimConfig(lr=2e-3, min_lr=2e-4, warmup_steps=1),
-                       schedule=ScheduleConfig(max_steps=3, batch_size=2, grad_accum=2),
-                       run=RunConfig(output_dir=str(Path(root) / mode / "run"), ckpt_every=2, progress=False,
-                                     tensorboard=False, fsdp=mode == "fsdp", log_every=1))
-        mc = model_cfg_of(cfg)
-        data = DataSource(AlternatingExamples(mc), lambda exs, mc=mc: collate(exs, mc.bos_token_id, False, 128))
-        s = train(cfg, data=data, val_data=fake_source(mc, n=8))
-        results[mode] = {"losses": s["losses"], "val": s["val_loss"], "export": s["export"]}
+    results = {mode: _train(Path(root), mode, world) for mode in ("ddp", "fsdp")}
     Path(root, f"rank{rank}.json").write_text(json.dumps(results))
     dist.destroy_process_group()
 
 
-def test_two_process_gloo_ddp_and_fsdp_on_mixed_batches(tmp_path):
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
-    r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2))
-    for mode in ("ddp", "fsdp"):
-        assert r0[mode]["losses"] == r1[mode]["losses"] and len(r0[mode]["losses"]) == 3  # all-reduced, same
-        assert r0[mode]["val"] == r1[mode]["val"] is not None
-        assert r0[mode]["export"] and r1[mode]["export"] is None  # rank 0 alone writes
-        ck = tmp_path / mode / "run" / "checkpoints" / "step_00000003"
-        assert {p.name for p in ck.iterdir()} == {"state.pt", "rank0.pt", "rank1.pt", "meta.json"}
-    # DDP and FSDP compute the same math
-    for k, v in r0["ddp"]["losses"].items():
-        assert abs(v - r0["fsdp"]["losses"][k]) < 1e-4
+def _grad_norms(run: Path) -> list[float]:
+    return [float(r["grad_norm"]) for r in csv.DictReader(open(run / "metrics.csv")) if r["split"] == "train"]
+
+
+def test_two_process_gloo_ddp_and_fsdp_equal_one_process(tmp_path):
+    """DDP and FSDP on 2 gloo processes == 1 process on the same global batches, after STEPS AdamW steps.
+
+    fp32 throughout (make_cfg pins it; bf16 autocast would round each grouping differently). The runs differ
+    only in how the 8 examples of a step are grouped into micro-batches and ranks, i.e. in the order of fp32
+    sums (~1e-7 relative each); AdamW divides by sqrt(v), so a gradient that is all rounding noise can still
+    move a weight by up to lr * noise / eps, which stays under 1e-5 here (lr 2e-3, 3 steps, eps 1e-6).
+    Parameters alone would miss a wrong averaging that rescales every gradient (AdamW's update hardly
+    depends on the gradient's scale), so the pre-clip gradient norm of every step is compared as well."""
     from qwenvl.weights import load_model
 
-    load_model(tmp_path / "fsdp" / "run" / "final")
+    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    single = _train(tmp_path, "single", world=1)
+    r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2))
+    ref = load_model(tmp_path / "single" / "run" / "final").state_dict()
+    ref_norms = _grad_norms(tmp_path / "single" / "run")
+    assert len(ref_norms) == STEPS
+    for mode in ("ddp", "fsdp"):
+        assert r0[mode]["export"] and r1[mode]["export"] is None  # rank 0 alone writes
+        ck = tmp_path / mode / "run" / "checkpoints" / f"step_{STEPS:08d}"
+        assert {p.name for p in ck.iterdir()} == {"state.pt", "rank0.pt", "rank1.pt", "meta.json"}
+        got = load_model(tmp_path / mode / "run" / "final").state_dict()
+        assert got.keys() == ref.keys()
+        diffs = {k: float((got[k] - ref[k]).abs().max()) for k in ref}
+        worst = max(diffs, key=diffs.get)
+        assert diffs[worst] <= 1e-5, (mode, worst, diffs[worst])
+        norms = _grad_norms(tmp_path / mode / "run")
+        assert norms == pytest.approx(ref_norms, rel=1e-4), (mode, norms, ref_norms)
+        for step, loss in single["losses"].items():
+            assert r0[mode]["losses"][str(step)] == pytest.approx(loss, rel=1e-5, abs=1e-6), (mode, step)
+        assert r0[mode]["val"] == pytest.approx(single["val"], rel=1e-5)
+    # the weights did move, by far more than the tolerance (equal untouched weights would prove nothing)
+    init = build_model(_cfg(tmp_path, "single", world=1)).state_dict()
+    assert max(float((ref[k] - init[k]).abs().max()) for k in ref) > 100 * 1e-5

@@ -7,6 +7,8 @@ fake dataset with text-only, one-image and two-image examples, and a config buil
 from __future__ import annotations
 
 import csv
+import dataclasses
+import json
 import random
 
 import pytest
@@ -17,7 +19,7 @@ from qwenvl.inputs import ModelInputs
 from qwenvl.train.batch import IGNORE
 from qwenvl.train.collate import collate
 from qwenvl.train.config import ModelConfig, OptimConfig, RunConfig, ScheduleConfig, StageConfig, TrainConfig
-from qwenvl.train.loop import DataSource, LossModule, build_model, dummy_vision_input, train
+from qwenvl.train.loop import DataSource, LossModule, build_model, dummy_vision_input, resolve_precision, train
 from qwenvl.train.masks import TrainExample
 
 TEXT_VOCAB = 200  # ids below this are "text"; specials sit above
@@ -114,8 +116,9 @@ def fake_source(model_cfg: QwenVLConfig, n: int = 24, seed: int = 0, packing: bo
                       lambda exs: collate(exs, model_cfg.bos_token_id, packing, 128))
 
 
-def make_cfg(tmp_path, arch: dict | None = None, **sections) -> TrainConfig:
-    """A small fp32 config writing to tmp_path/run; sections override whole tables."""
+def make_cfg(tmp_path, arch: dict | None = None, precision: str = "fp32", **sections) -> TrainConfig:
+    """A small config writing to tmp_path/run; sections override whole tables. fp32 unless `precision` says
+    otherwise, whatever RunConfig's own default ("auto", which would follow this machine's CPU)."""
     base = dict(model=ModelConfig(arch=arch or v1_arch()),
                 stage=StageConfig(policy="full"),
                 optim=OptimConfig(lr=3e-3, min_lr=3e-4, warmup_steps=2),
@@ -123,6 +126,7 @@ def make_cfg(tmp_path, arch: dict | None = None, **sections) -> TrainConfig:
                 run=RunConfig(output_dir=str(tmp_path / "run"), log_every=1, progress=False, tensorboard=False,
                               seed=0))
     base.update(sections)
+    base["run"] = dataclasses.replace(base["run"], precision=precision)
     return TrainConfig(**base)
 
 
@@ -159,11 +163,38 @@ def test_train_loss_falls_and_writes_outputs(tmp_path):
 
 
 def test_bf16_autocast_and_gradient_checkpointing_train(tmp_path):
-    cfg = make_cfg(tmp_path, run=RunConfig(output_dir=str(tmp_path / "run"), bf16=True, gradient_checkpointing=True,
-                                           progress=False, tensorboard=False, export=False))
+    cfg = make_cfg(tmp_path, precision="bf16", run=RunConfig(output_dir=str(tmp_path / "run"),
+                                                             gradient_checkpointing=True, progress=False,
+                                                             tensorboard=False, export=False))
     s = train(cfg, data=fake_source(model_cfg_of(cfg), n=8))
+    assert s["precision"] == "bf16" and s["precision_reason"] == "run.precision = bf16"
     assert all(torch.isfinite(torch.tensor(v)) for v in s["losses"].values())
     assert s["losses"][6] < s["losses"][1]
+
+
+@pytest.mark.parametrize("flags, expect", [({"fpu", "avx2"}, "fp32"), ({"avx512f", "avx512_bf16"}, "bf16"),
+                                           ({"amx_bf16", "amx_tile"}, "bf16")], ids=["plain", "avx512_bf16", "amx"])
+def test_auto_precision_follows_the_cpu_flags_and_is_recorded(tmp_path, monkeypatch, flags, expect):
+    """run.precision "auto": bf16 autocast only on a CPU with native bf16 (patched /proc/cpuinfo flags), fp32
+    elsewhere; the choice is in the summary, metrics.csv and the checkpoint's meta.json."""
+    import qwenvl.engine.precision as precision
+
+    monkeypatch.setattr(precision, "cpu_flags", lambda: set(flags))
+    assert resolve_precision("auto")[0] == expect
+    assert resolve_precision("fp32") == ("fp32", "run.precision = fp32")  # explicit settings win
+    assert resolve_precision("bf16") == ("bf16", "run.precision = bf16")
+    seen = []
+    real_autocast = torch.autocast
+    monkeypatch.setattr(torch, "autocast", lambda *a, **k: seen.append(k["enabled"]) or real_autocast(*a, **k))
+    cfg = make_cfg(tmp_path, precision="auto", schedule=ScheduleConfig(max_steps=2, batch_size=2),
+                   run=RunConfig(output_dir=str(tmp_path / "run"), progress=False, tensorboard=False, export=False))
+    s = train(cfg, data=fake_source(model_cfg_of(cfg), n=4))
+    assert s["precision"] == expect and s["precision_reason"].startswith("auto: cpu ")
+    assert seen and set(seen) == {expect == "bf16"}  # the autocast the steps ran under
+    rows = list(csv.DictReader(open(tmp_path / "run" / "metrics.csv")))
+    assert {r["precision"] for r in rows} == {expect}
+    meta = json.loads((tmp_path / "run" / "checkpoints" / "step_00000002" / "meta.json").read_text())
+    assert meta["precision"] == expect
 
 
 def test_gradient_checkpointing_and_accumulation_keep_the_math(tmp_path):

@@ -30,6 +30,22 @@ def test_shipped_recipes_parse_and_have_headers():
         assert "_component_" not in path.read_text()
 
 
+def test_precision_defaults_to_auto_and_the_old_bf16_key_still_reads(tmp_path):
+    # The committed recipes still say bf16 = true: their hashes are recorded in the shipped models
+    # (tests/test_shipped_model.py), so they move to precision = "auto" when the models are retrained.
+    bare = tmp_path / "bare.toml"
+    bare.write_text('[model]\narch = { model_type = "qwen" }\n')
+    assert load_config(bare).run.precision == "auto"
+    old = tmp_path / "old.toml"
+    old.write_text('[model]\narch = { model_type = "qwen" }\n[run]\nbf16 = true\n')
+    assert load_config(old).run.precision == "bf16"
+    assert load_config(old, ["run.bf16=false"]).run.precision == "fp32"
+    assert load_config(old, ["run.precision=auto"]).run.precision == "auto"  # an override wins over the old key
+    old.write_text('[model]\narch = { model_type = "qwen" }\n[run]\nbf16 = true\nprecision = "fp32"\n')
+    with pytest.raises(ValueError, match="set run.precision only"):
+        load_config(old)
+
+
 def _inline_arch_recipe(tmp_path) -> Path:
     """stage0_text.toml with its config.json file written inline as [model.arch] tables."""
     arch = json.loads((RECIPES / "arch" / "qwenvl_tiny.json").read_text())
@@ -51,9 +67,9 @@ def test_overrides_are_type_checked_and_name_unknown_keys(tmp_path):
     assert load_config(RECIPES / "stage0_text.toml").model.config == "recipes/arch/qwenvl_tiny.json"
     swapped = load_config(RECIPES / "stage0_text.toml", ["model.config=recipes/arch/qwen2_5_vl_tiny.json"])
     assert swapped.model.config.endswith("qwen2_5_vl_tiny.json")  # how recipes/tiny_qwen2_5_vl.sh swaps the arch
-    cfg = load_config(path, ["optim.lr=5e-4", "run.bf16=false", "model.arch.visual.layers=2",
+    cfg = load_config(path, ["optim.lr=5e-4", "run.precision=fp32", "model.arch.visual.layers=2",
                              "run.output_dir=/tmp/x", 'data.train=["a.jsonl", "b.jsonl"]'])
-    assert cfg.optim.lr == 5e-4 and not cfg.run.bf16 and cfg.model.arch["visual"]["layers"] == 2
+    assert cfg.optim.lr == 5e-4 and cfg.run.precision == "fp32" and cfg.model.arch["visual"]["layers"] == 2
     assert cfg.run.output_dir == "/tmp/x" and cfg.data.train == ("a.jsonl", "b.jsonl")
     assert load_config(path, ["data.val=v.jsonl"]).data.val == ("v.jsonl",)
     tasks = load_config(RECIPES / "stage2_multitask.toml", ["data.tasks.ocr=0.5", "data.tasks.dialogue=1"]).data.tasks
@@ -62,6 +78,7 @@ def test_overrides_are_type_checked_and_name_unknown_keys(tmp_path):
     assert config_hash(load_config(path, ["run.log_every=1"])) == config_hash(load_config(path))
     for bad, msg in [("optim.lrr=1", "optim.lrr"), ("optimiser.lr=1", "unknown table 'optimiser'"),
                      ("optim.lr=fast", "optim.lr: expected a number"), ("run.bf16=1", "run.bf16: expected true"),
+                     ("run.precision=fp16", "run.precision 'fp16' not one of"),
                      ("model.arch.visual.depth=2", "unknown key 'depth'"), ("schedule.max_steps", "key=value"),
                      ("stage.policy=stage9", "stage.policy 'stage9'"), ("optim.min_lr=1", "min_lr <= optim.lr"),
                      ("model.arch.hidden_size=2.5", "expected int"), ("optim.lr.x=1", "not a table"),
