@@ -209,6 +209,36 @@ def accuracy() -> None:
         print(f"  {mode + (f' g{g}' if g else ''):30s} {bits:5.2f} bits/weight  {err:.4f}")
 
 
+def bench_gemv(bw: float, wait: QuietWaiter) -> None:
+    """One-row bf16 matmuls of the Qwen2-VL-2B decoder's shapes: F.linear against torch.mv (what
+    qwenvl.model.layers.linear takes for a decode step), over > 700 MB of weight copies, interleaved rounds."""
+    import statistics
+
+    print("\none-row bf16 GEMV (x [1, K] @ W.T, W [N, K]), median of 6 interleaved rounds:")
+    for n, k in ((1536, 1536), (8960, 1536), (1536, 8960), (1536, 1536), (256, 1536), (151936, 1536), (11008, 4096)):
+        # the first shape is timed twice: the first timings of a process run slow (threads, page faults)
+        copies = min(40, max(2, int(700e6 // (n * k * 2)) + 1))
+        ws = [torch.randn(n, k).to(BF16) for _ in range(copies)]
+        x = torch.randn(1, k).to(BF16)
+        fns = {"F.linear": lambda w, x=x: F.linear(x, w), "torch.mv": lambda w, x=x: torch.mv(w, x[0])}
+        times: dict[str, list[float]] = {name: [] for name in fns}
+        wait()
+        for _ in range(7):
+            for name, fn in fns.items():
+                reps = max(10, copies)
+                t0 = time.perf_counter()
+                for i in range(reps):
+                    fn(ws[i % copies])
+                times[name].append((time.perf_counter() - t0) / reps)
+        cells = []
+        for name, v in times.items():
+            dt = statistics.median(v[1:])
+            gbs = n * k * 2 / dt / 1e9
+            cells.append(f"{name} {dt * 1e3:7.3f} ms {gbs:5.1f} GB/s ({100 * gbs / bw:.0f}%)")
+        print(f"  {n:6d} x {k:5d}: " + " | ".join(cells))
+        del ws
+
+
 def bench_model(bw: float, wait: QuietWaiter, prompt: int = 256, steps: int = 24) -> None:
     """Prefill + greedy decode of a Qwen2-VL-2B-shaped decoder (bench/make_bench_checkpoint.py's config,
     random N(0, 0.02) bf16 weights built in memory, vision tower left on the meta device): bf16 / int8 / int4."""
@@ -223,7 +253,13 @@ def bench_model(bw: float, wait: QuietWaiter, prompt: int = 256, steps: int = 24
     t = cfg.text
     print(f"\nwhole decoder: Qwen2-VL-2B-shaped LM ({t.num_hidden_layers} layers, hidden {t.hidden_size}, MLP "
           f"{t.intermediate_size}, tied vocab {t.vocab_size}), {prompt}-token prefill, {steps} decode steps")
-    for mode in (None, "int8", "int4"):
+    import qwenvl.model.layers as layers
+    import qwenvl.model.qwenvl as qmodel
+
+    fast = layers.linear
+    for mode in (None, "F.linear", "int8", "int4"):
+        # "F.linear": the bf16 decoder with the one-row torch.mv path switched off (what it was before)
+        layers.linear = qmodel.linear = (lambda x, w, b=None: F.linear(x, w, b)) if mode == "F.linear" else fast
         with torch.device("meta"):
             model = QwenVLModel(cfg).eval()
         gen = torch.Generator().manual_seed(0)
@@ -238,7 +274,7 @@ def bench_model(bw: float, wait: QuietWaiter, prompt: int = 256, steps: int = 24
             Q._nbytes(lm.embed_tokens.weight)
         n_linear = sum(m.weight.numel() for m in lm.layers.modules() if isinstance(m, torch.nn.Linear))
         flops = 2 * prompt * n_linear + 2 * lm.embed_tokens.weight.numel()  # matmuls; logits of the last token
-        if mode:
+        if mode in ("int8", "int4"):
             rep = Q.quantize_model(model, mode)
             nbytes += rep["decoder"]["quant_bytes"] - rep["decoder"]["float_bytes"]
             nbytes += rep["lm_head"]["quant_bytes"] - rep["lm_head"]["float_bytes"]
@@ -258,11 +294,12 @@ def bench_model(bw: float, wait: QuietWaiter, prompt: int = 256, steps: int = 24
                 tok = model.logits(h[:, -1]).argmax(-1)
                 times.append(time.perf_counter() - t0)
         t_tok = sorted(times[2:])[len(times[2:]) // 2]
-        print(f"  {mode or 'bf16':5s} {nbytes / 2**30:5.2f} GiB read per token | prefill {t_prefill:6.2f} s "
+        print(f"  {mode or 'bf16 (mv)':9s} {nbytes / 2**30:5.2f} GiB read per token | prefill {t_prefill:6.2f} s "
               f"({flops / t_prefill / 1e12:.2f} TFLOP/s of matmuls) | decode {t_tok * 1e3:6.1f} ms/token (median) "
               f"= {1 / t_tok:5.2f} tok/s, {nbytes / t_tok / 1e9:5.1f} GB/s, {100 * nbytes / t_tok / 1e9 / bw:.0f}% "
               f"of the limit | load {load.cores:.1f}")
         del model, cache
+    layers.linear = qmodel.linear = fast
 
 
 def main() -> None:
@@ -270,6 +307,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--model", action="store_true", help="also a whole 1.5B decoder, bf16 / int8 / int4 (+2 min)")
     ap.add_argument("--only-model", action="store_true", help="skip the matmul and MoE tables")
+    ap.add_argument("--gemv", action="store_true", help="one-row bf16 F.linear vs torch.mv on the 2B shapes")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -293,6 +331,8 @@ def main() -> None:
                 bench_linear(m, k, n, bw, wait)
             bench_moe(bw, wait)
             accuracy()
+        if args.gemv:
+            bench_gemv(bw, wait)
         if args.model or args.only_model:
             bench_model(bw, wait)
     print(f"\nwaited {wait.waited:.0f} s for quiet windows")

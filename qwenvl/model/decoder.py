@@ -20,7 +20,7 @@ from torch import nn
 
 from qwenvl.config import TextConfig
 from qwenvl.model.attention import LayerCache, causal_attention, ragged_causal_mask
-from qwenvl.model.layers import GatedMLP, RMSNorm
+from qwenvl.model.layers import GatedMLP, Linear, RMSNorm
 from qwenvl.model.moe import SparseMoeBlock
 from qwenvl.model.rope import apply_rope, inv_freq, mrope_axis_map, text_cos_sin
 
@@ -56,10 +56,10 @@ class Attention(nn.Module):
         super().__init__()
         h, kv, d = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
         self.h, self.kv, self.d = h, kv, d
-        self.q_proj = nn.Linear(cfg.hidden_size, h * d, bias=cfg.attention_bias)
-        self.k_proj = nn.Linear(cfg.hidden_size, kv * d, bias=cfg.attention_bias)
-        self.v_proj = nn.Linear(cfg.hidden_size, kv * d, bias=cfg.attention_bias)
-        self.o_proj = nn.Linear(h * d, cfg.hidden_size, bias=False)
+        self.q_proj = Linear(cfg.hidden_size, h * d, bias=cfg.attention_bias)
+        self.k_proj = Linear(cfg.hidden_size, kv * d, bias=cfg.attention_bias)
+        self.v_proj = Linear(cfg.hidden_size, kv * d, bias=cfg.attention_bias)
+        self.o_proj = Linear(h * d, cfg.hidden_size, bias=False)
         if cfg.qk_norm:  # Qwen3: RMSNorm over each head's d channels
             self.q_norm = RMSNorm(d, cfg.rms_norm_eps)
             self.k_norm = RMSNorm(d, cfg.rms_norm_eps)

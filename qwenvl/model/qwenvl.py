@@ -21,6 +21,7 @@ from torch import nn
 
 from qwenvl.config import QwenVLConfig
 from qwenvl.model.decoder import KVCache, TextDecoder
+from qwenvl.model.layers import Linear, linear
 from qwenvl.model.vision import VisionTransformer
 from qwenvl.model.vision_qwen3 import DeepstackVisionTransformer
 from qwenvl.model.vision_v1 import VisionTransformerV1
@@ -45,7 +46,7 @@ class QwenVLModel(nn.Module):
         if cfg.tie_word_embeddings:
             self.lm_head = None
         else:
-            self.lm_head = nn.Linear(cfg.text.hidden_size, cfg.text.vocab_size, bias=False)
+            self.lm_head = Linear(cfg.text.hidden_size, cfg.text.vocab_size, bias=False)
 
     # -- phase 1: vision -------------------------------------------------------------------------
     def encode_images(self, pixels: torch.Tensor, grid_thw: torch.Tensor | list | None = None) -> torch.Tensor:
@@ -112,5 +113,5 @@ class QwenVLModel(nn.Module):
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden [..., D] -> logits [..., V]."""
         if self.lm_head is None:
-            return hidden @ self.model.embed_tokens.weight.t()
+            return linear(hidden, self.model.embed_tokens.weight)
         return self.lm_head(hidden)
