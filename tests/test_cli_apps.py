@@ -15,6 +15,7 @@ from PIL import Image
 import qwenvl
 from qwenvl.apps.caption import caption_files, done_files, list_images, shard
 from qwenvl.cli import main
+from tests.conftest import write_image as _img
 
 V2 = "qwenvl-tiny-qwen2.5-vl"
 
@@ -28,22 +29,6 @@ def pipes():
 def shared_load(pipes, monkeypatch):
     monkeypatch.setattr(qwenvl, "load", lambda path, **kw: pipes[path])
     return pipes
-
-
-def _img(path, colour=(200, 30, 30), size=(64, 48)):
-    Image.new("RGB", size, colour).save(path)
-    return path
-
-
-@pytest.fixture
-def image_dir(tmp_path):
-    d = tmp_path / "imgs"
-    d.mkdir()
-    for k in range(4):
-        _img(d / f"im{k}.png", (40 * k, 100, 200))
-    (d / "corrupt.png").write_bytes(b"not a png at all")
-    (d / "notes.txt").write_text("ignored: not an image extension")
-    return d
 
 
 def _count_batches(pipe, monkeypatch):

@@ -17,6 +17,7 @@ from qwenvl.apps import remote
 from qwenvl.apps.caption import caption_files, done_files, list_images
 from qwenvl.apps.remote import RemotePipeline, image_data_url
 from qwenvl.cli import main
+from tests.conftest import write_image as _img
 from tests.server.conftest import free_port, red_box_image, start_server, stop_server
 
 QUESTION = "What colour is the square?"
@@ -39,22 +40,6 @@ def endpoint(srv) -> list[str]:
 @pytest.fixture
 def dead_url() -> str:
     return f"http://127.0.0.1:{free_port()}/v1"  # bound and released: nobody listens there
-
-
-def _img(path, colour=(200, 30, 30), size=(64, 48)):
-    Image.new("RGB", size, colour).save(path)
-    return path
-
-
-@pytest.fixture
-def image_dir(tmp_path):
-    d = tmp_path / "imgs"
-    d.mkdir()
-    for k in range(4):
-        _img(d / f"im{k}.png", (40 * k, 100, 200))
-    (d / "corrupt.png").write_bytes(b"not a png at all")
-    (d / "notes.txt").write_text("ignored: not an image extension")
-    return d
 
 
 def test_one_shot_chat_equals_the_local_answer(endpoint, tmp_path, capsys):
