@@ -218,13 +218,17 @@ class Qwen2VLProcessor:
             self._check_template_strings(msgs, tools)
             return render_chat_segments(msgs, self.template, add_generation_prompt=add_generation_prompt,
                                         with_message_spans=with_message_spans, tools=tools, **template_vars)
-        if not needs_hermes(msgs, tools):
-            return render_chat_segments(msgs, self.template, add_generation_prompt=add_generation_prompt,
+        shown = self.rendered_messages(msgs, tools)
+        rendered = render_chat_segments(shown, self.template, add_generation_prompt=add_generation_prompt,
                                         with_message_spans=with_message_spans, **template_vars)
-        rewritten = hermes_messages(msgs, tools, default_system=default_system_prompt(self.template))
-        rendered = render_chat_segments(rewritten, self.template, add_generation_prompt=add_generation_prompt,
-                                        with_message_spans=with_message_spans, **template_vars)
-        return _trust_markup(rendered, rewritten)
+        return rendered if shown is msgs else _trust_markup(rendered, shown)
+
+    def rendered_messages(self, msgs: list[dict], tools: list[dict] | None) -> list[dict]:
+        """The messages render() gives the template: msgs themselves, or their Hermes rewrite when the
+        template does not read `tools` and the conversation uses tools (spans then follow the rewrite)."""
+        if template_renders_tools(self.template) or not needs_hermes(msgs, tools):
+            return msgs
+        return hermes_messages(msgs, tools, default_system=default_system_prompt(self.template))
 
     def _check_template_strings(self, msgs: list[dict], tools: list[dict] | None) -> None:
         # A tools-aware template prints tool schemas and tool-call fields as template text, where every

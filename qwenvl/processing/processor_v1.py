@@ -67,9 +67,7 @@ class QwenV1Processor:
         if msgs[-1]["role"] == "assistant":
             raise ValueError(f"message {len(msgs) - 1}: Qwen-VL v1 cannot continue an assistant message; "
                              "the conversation must end with a user or tool message")
-        tools = validate_tools(tools)
-        if needs_hermes(msgs, tools):
-            msgs = hermes_messages(msgs, tools, default_system=DEFAULT_SYSTEM)
+        msgs = self.rendered_messages(msgs, validate_tools(tools))
         if any(it.kind == "video" for it in items):
             raise ValueError("Qwen-VL v1 does not take video; use a Qwen2-VL / Qwen2.5-VL checkpoint")
         images = iter(range(len(items)))
@@ -88,6 +86,10 @@ class QwenV1Processor:
         pixels = torch.stack([process_image_fixed(im, size) for im in pil]) if pil else None
         return ModelInputs(input_ids=ids, positions=torch.arange(len(ids)), image_pixels=pixels,
                            image_sizes=[im.size for im in pil], text=text)
+
+    def rendered_messages(self, msgs: list[dict], tools: list[dict] | None) -> list[dict]:
+        """The messages the turns are built from: msgs, or their Hermes rewrite when tools are in play."""
+        return hermes_messages(msgs, tools, default_system=DEFAULT_SYSTEM) if needs_hermes(msgs, tools) else msgs
 
     def stop_ids(self) -> list[int]:
         return [s[0] for s in stop_words_ids(self.tokenizer, self.chat_format) if len(s) == 1] + \

@@ -7,7 +7,7 @@ after it (<|im_end|>). Not supervised: system and user turns, the assistant head
 `<|im_start|>assistant\\n`, the "\\n" after <|im_end|>, and vision slots (always IGNORE).
 
 Tools (`tools=[...]`, assistant `tool_calls`, `tool` messages): the conversation is rendered through the
-processor's own path (`Qwen2VLProcessor.render`; v1: the same `hermes_messages` rewrite its __call__ makes),
+processor's own path (`Qwen2VLProcessor.render`; both processors' `rendered_messages` name the messages rendered),
 and the spans are indexed over the messages that path renders (the Hermes rewrite for templates that do not
 read `tools`). Supervised: each assistant turn whole, its `<tool_call>` JSON included, whether the calls
 are caller text of the rewrite or template text of a tools-aware template; not supervised: the tools
@@ -36,18 +36,12 @@ from typing import Any
 
 from qwenvl.inputs import ModelInputs
 from qwenvl.processing.chat_template import RenderedChat
-from qwenvl.processing.chat_v1 import DEFAULT_SYSTEM, RESPONSE_TAGS, list_pieces, messages_to_v1
+from qwenvl.processing.chat_v1 import RESPONSE_TAGS, list_pieces, messages_to_v1
 from qwenvl.processing.messages import normalize_messages
 from qwenvl.processing.processor import Qwen2VLProcessor, count_video_placeholders, insert_video_timestamps
 from qwenvl.processing.processor_v1 import QwenV1Processor
 from qwenvl.processing.tokenizer_v1 import IM_END, IM_START, IMAGE_TAGS
-from qwenvl.processing.tools import (
-    default_system_prompt,
-    hermes_messages,
-    needs_hermes,
-    template_renders_tools,
-    validate_tools,
-)
+from qwenvl.processing.tools import validate_tools
 from qwenvl.train.batch import IGNORE
 
 
@@ -166,14 +160,6 @@ def _assistant_ranges(msgs: list[dict], shown: list[dict], rendered: RenderedCha
     return ranges
 
 
-def _rendered_messages(proc: Qwen2VLProcessor, msgs: list[dict], tools: list[dict] | None) -> list[dict]:
-    """The messages Qwen2VLProcessor.render renders for msgs: they themselves, or their Hermes rewrite
-    (template that does not read `tools`, conversation that uses tools), whose indices the spans follow."""
-    if template_renders_tools(proc.template) or not needs_hermes(msgs, tools):
-        return msgs
-    return hermes_messages(msgs, tools, default_system=default_system_prompt(proc.template))
-
-
 def _build_v2(proc: Qwen2VLProcessor, messages: list[dict], tools: list[dict] | None,
               **template_vars: Any) -> TrainExample:
     inputs = proc(messages, add_generation_prompt=False, tools=tools, **template_vars)
@@ -183,7 +169,7 @@ def _build_v2(proc: Qwen2VLProcessor, messages: list[dict], tools: list[dict] | 
     render_vars = {k: v for k, v in template_vars.items() if k not in _PROCESSOR_OPTS}
     rendered = proc.render(msgs, tools=tools, add_generation_prompt=False, **render_vars)
     turns = _assistant_turns(proc, msgs, tools, rendered.text, render_vars)
-    ranges = _assistant_ranges(msgs, _rendered_messages(proc, msgs, tools), rendered, turns)
+    ranges = _assistant_ranges(msgs, proc.rendered_messages(msgs, tools), rendered, turns)
     tok = proc.tokenizer
     answers = set(ranges)
     cuts = sorted({0, len(rendered.text), *(x for r in ranges for x in r)})
@@ -248,9 +234,7 @@ def _build_v1(proc: QwenV1Processor, messages: list[dict], tools: list[dict] | N
     inputs = proc([*messages, dummy], tools=tools)
     paths = iter(tok.image_paths(inputs.input_ids))
     msgs, _ = normalize_messages(messages)
-    tools = validate_tools(tools)
-    if needs_hermes(msgs, tools):  # as QwenV1Processor.__call__: tool calls / results become plain turns
-        msgs = hermes_messages(msgs, tools, default_system=DEFAULT_SYSTEM)
+    msgs = proc.rendered_messages(msgs, validate_tools(tools))  # as its __call__: tool turns become plain turns
     for m in msgs:
         if isinstance(m["content"], list):
             m["content"] = [dict(p, image=next(paths)) if p["type"] == "image" else p for p in m["content"]]
