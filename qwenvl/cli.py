@@ -149,7 +149,7 @@ def _serve(args: argparse.Namespace) -> int:
         image_policy=ImagePolicy(allow_remote=args.allow_remote_images, local_root=local))
     app = create_app(pipe, options)
     eng = pipe.engine
-    dt = str(next(pipe.model.parameters()).dtype).removeprefix("torch.")
+    dt = str(pipe.dtype).removeprefix("torch.")
     print(f"serving {options.model_name} ({pipe.family}, {dt}, {eng.pool.n_slots} slots x {eng.pool.max_len} tokens) "
           f"on http://{args.host}:{args.port}  (web page at /, API at /v1)", file=sys.stderr)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=5)

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import functools
 import json
-import threading
-from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,8 +108,7 @@ class Pipeline:
         self.dtype_reason = dtype_reason  # auto_dtype's reason when load(dtype="auto"), else "requested"
         self.engine_options = dict(engine_options or {})  # Engine(n_slots=, max_len=, memory_bytes=, ...)
         self._engine: Engine | None = None
-        self._grammars: OrderedDict[str, Grammar] = OrderedDict()
-        self._grammar_lock = threading.Lock()
+        self._compiled = functools.lru_cache(maxsize=GRAMMAR_CACHE_SIZE)(self._compile)  # thread-safe LRU
 
     @property
     def engine(self) -> Engine:
@@ -140,23 +137,18 @@ class Pipeline:
         if kind not in ("json", "tool_call"):
             raise ValueError(f"unknown grammar kind {kind!r}; use 'json' or 'tool_call'")
         try:
-            key = kind + ":" + json.dumps(spec, separators=(",", ":"), allow_nan=False)
+            key = json.dumps(spec, separators=(",", ":"), allow_nan=False)
         except (TypeError, ValueError) as exc:
             raise ValueError(f"the {kind} grammar spec is not JSON: {exc}") from None
-        with self._grammar_lock:
-            if key in self._grammars:
-                self._grammars.move_to_end(key)
-                return self._grammars[key]
+        return self._compiled(kind, key)
+
+    def _compile(self, kind: str, key: str) -> Grammar:
+        """Grammar of a spec given as its JSON text (functools.lru_cache'd per pipeline in __init__)."""
+        spec = json.loads(key)
         if kind == "json":
-            grammar = Grammar.json(spec, self.vocab)
-        else:
-            tools, name = spec
-            grammar = Grammar.tool_call(tools, self.vocab, name)
-        with self._grammar_lock:
-            self._grammars[key] = grammar
-            while len(self._grammars) > GRAMMAR_CACHE_SIZE:
-                self._grammars.popitem(last=False)
-        return grammar
+            return Grammar.json(spec, self.vocab)
+        tools, name = spec
+        return Grammar.tool_call(tools, self.vocab, name)
 
     @property
     def family(self) -> str:
@@ -191,7 +183,7 @@ class Pipeline:
         handle = self.engine.submit(inp, params)
         if stream:
             return self._text_pieces(handle)
-        return self._result(handle.result(), inp)
+        return self.result(handle.result(), inp)
 
     @staticmethod
     def _text_pieces(handle: Handle) -> Iterator[str]:
@@ -209,9 +201,11 @@ class Pipeline:
         sampling = {k: v for k, v in kw.items() if k in SAMPLING_KEYS}
         inputs = [self.prepare(m, **{k: v for k, v in kw.items() if k not in SAMPLING_KEYS}) for m in conversations]
         gens = self.engine.generate_batch(inputs, self.sampling(**sampling))
-        return [self._result(g, i) for g, i in zip(gens, inputs, strict=True)]
+        return [self.result(g, i) for g, i in zip(gens, inputs, strict=True)]
 
-    def _result(self, gen: Generation, inp: ModelInputs) -> ChatResult:
+    def result(self, gen: Generation, inp: ModelInputs) -> ChatResult:
+        """The ChatResult of a finished engine Generation for the prompt `inp` (text, boxes in original
+        pixels, timings); what chat / generate_batch return, and what the server shapes into JSON."""
         text = gen.text if gen.text is not None else self.processor.decode(gen.token_ids)
         return ChatResult(text=text, token_ids=gen.token_ids, finish_reason=gen.finish_reason,
                           prompt_tokens=gen.prompt_tokens,

@@ -51,7 +51,7 @@ class ServerOptions:
 class State:
     def __init__(self, pipe, options: ServerOptions) -> None:
         self.pipe, self.options = pipe, options
-        self.runner = EngineRunner(pipe.engine, options.max_pending)
+        self.runner = EngineRunner(pipe.engine)
         self.metrics = Metrics(self.runner)
         self.max_len = pipe.engine.pool.max_len
         self.started = int(time.time())
@@ -60,7 +60,7 @@ class State:
     def enter(self) -> None:
         """Admit one chat request before its body is read or its images fetched: past the engine's
         slots + max_pending, 429 at once (so a flood cannot pile bodies and decodes up in memory)."""
-        if self.inflight >= self.runner.capacity:
+        if self.inflight >= self.runner.engine.pool.n_slots + self.options.max_pending:
             raise APIError(429, f"the server is busy: {self.inflight} requests in flight; try again later",
                            code="server_busy")
         self.inflight += 1
@@ -69,10 +69,9 @@ class State:
         self.inflight -= 1
 
     def token_bytes(self, tid: int) -> bytes:
-        vocab = getattr(self.pipe, "vocab", None)
-        if vocab is not None and 0 <= tid < len(vocab.token_bytes):
-            return vocab.token_bytes[tid]
-        return self.pipe.processor.decode([tid], skip_special=False).encode()
+        """A token's bytes for logprobs (b"" for the padding rows past the tokenizer's vocabulary)."""
+        vocab = self.pipe.vocab.token_bytes
+        return vocab[tid] if 0 <= tid < len(vocab) else b""
 
 
 def _error(status: int, body: dict) -> JSONResponse:
@@ -156,7 +155,7 @@ def create_app(pipe, options: ServerOptions | None = None) -> FastAPI:
                         await asyncio.sleep(0.25)
 
                 return JSONResponse(await chat.complete(state, job, gone))
-            stream = await chat.open_stream(state, job)
+            stream = await chat.submit(state, job)  # before the 200: a refusal is still a status
             streaming = True
             return StreamingResponse(_released(chat.stream_sse(state, job, stream)), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

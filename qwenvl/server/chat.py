@@ -22,7 +22,7 @@ from qwenvl.inputs import ModelInputs
 from qwenvl.server import responses as R
 from qwenvl.server.errors import APIError, bad_request
 from qwenvl.server.protocol import LOW_DETAIL_PIXELS, ChatRequest, check_limit
-from qwenvl.server.runner import Busy, Stream
+from qwenvl.server.runner import Stream
 
 
 @dataclass
@@ -132,17 +132,19 @@ async def prepare(state, req: ChatRequest) -> Job:
     return Job(req, inputs, params, constraint)
 
 
-async def _submit(state, job: Job) -> Stream:
+async def submit(state, job: Job) -> Stream:
+    """The job on the engine; its ValueError (a request that can never fit) as a 400."""
     try:
         return await state.runner.submit(job.inputs, job.params, job.constraint)
-    except Busy as e:
-        raise APIError(429, f"the server is busy: {e}", code="server_busy") from None
     except ValueError as e:
         raise bad_request(str(e), "max_tokens", "context_length_exceeded") from None
 
 
-def _message(state, job: Job, text: str, token_ids: list[int]) -> tuple[dict, bool]:
-    """The assistant message: content, tool_calls (when tools are active), boxes (extension)."""
+def _message(state, job: Job, gen) -> tuple[dict, bool]:
+    """The assistant message of a finished Generation: content, tool_calls (when tools are active), boxes
+    (extension, from the pipeline's own result)."""
+    res = state.pipe.result(gen, job.inputs)
+    text = res.text
     msg: dict[str, Any] = {"role": "assistant", "content": text}
     calls: list = []
     if job.req.tools_active:
@@ -152,7 +154,7 @@ def _message(state, job: Job, text: str, token_ids: list[int]) -> tuple[dict, bo
         msg["content"] = content or None
         if calls:
             msg["tool_calls"] = calls
-    msg["boxes"] = state.pipe.boxes(state.pipe.processor.decode(token_ids, skip_special=False), job.inputs)
+    msg["boxes"] = res.boxes
     return msg, bool(calls)
 
 
@@ -169,7 +171,7 @@ def _record(state, job: Job, stream: Stream, status: str) -> None:
 
 async def complete(state, job: Job, disconnected) -> dict:
     """Run to the end (or until the client leaves: then cancel) and build the chat.completion."""
-    stream = await _submit(state, job)
+    stream = await submit(state, job)
 
     async def drain() -> None:
         async for _ in stream:
@@ -190,7 +192,7 @@ async def complete(state, job: Job, disconnected) -> dict:
         watch.cancel()
         stream.close()
     gen = stream.handle.request.out
-    msg, called = _message(state, job, gen.text or "", gen.token_ids)
+    msg, called = _message(state, job, gen)
     lp = R.chat_logprobs(gen.logprobs, state.token_bytes) if gen.logprobs is not None else None
     _record(state, job, stream, "200")
     return R.completion(R.completion_id(), state.options.model_name, msg,
@@ -199,11 +201,6 @@ async def complete(state, job: Job, disconnected) -> dict:
 
 def _sse(obj: dict | str) -> str:
     return f"data: {obj if isinstance(obj, str) else json.dumps(obj, ensure_ascii=False)}\n\n"
-
-
-async def open_stream(state, job: Job) -> Stream:
-    """Submit before the response starts, so a full server is a 429 status, not an error event."""
-    return await _submit(state, job)
 
 
 async def stream_sse(state, job: Job, stream: Stream):
@@ -221,7 +218,7 @@ async def stream_sse(state, job: Job, stream: Stream):
         gen = stream.handle.request.out
         if gate is not None and (tail := gate.rest()):
             yield _sse(R.chunk(cid, model, created, {"content": tail}))
-        msg, called = _message(state, job, gen.text or "", gen.token_ids)
+        msg, called = _message(state, job, gen)
         delta: dict[str, Any] = {"boxes": msg["boxes"]}
         if called:
             delta["tool_calls"] = [{"index": i, **c} for i, c in enumerate(msg["tool_calls"])]

@@ -2,9 +2,8 @@
 
 The engine is not thread-safe, so one daemon thread owns it: it runs queued calls (submit / cancel)
 between steps, steps while anything is running, and hands each request's new events to the event loop
-of the HTTP request that waits for them (call_soon_threadsafe into an asyncio.Queue). Admission
-control lives here: at most `max_pending` requests may wait beyond the engine's slots; the next one is
-refused at once (the app answers 429) instead of queueing without bound.
+of the HTTP request that waits for them (call_soon_threadsafe into an asyncio.Queue). Admission (429)
+is the app's, before a request's body is read (app.State.enter); `active` counts what the engine holds.
 Must not: know HTTP, JSON or chat templates.
 """
 
@@ -25,10 +24,6 @@ from qwenvl.engine.scheduler import Event
 from qwenvl.inputs import ModelInputs
 
 log = logging.getLogger("qwenvl.server")
-
-
-class Busy(Exception):
-    """Every slot is taken and the waiting queue is full."""
 
 
 @dataclass
@@ -66,9 +61,8 @@ class Stream:
 
 
 class EngineRunner:
-    def __init__(self, engine: Engine, max_pending: int = 64) -> None:
+    def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        self.max_pending = max_pending
         self._calls: queue.SimpleQueue[tuple[Callable[[], Any], Future | None]] = queue.SimpleQueue()
         self._sinks: dict[int, _Sink] = {}
         self._wake = threading.Event()
@@ -79,17 +73,10 @@ class EngineRunner:
         self._thread.start()
 
     # -- called from the event loop ---------------------------------------------------------------
-    @property
-    def capacity(self) -> int:
-        return self.engine.pool.n_slots + self.max_pending
-
     async def submit(self, inputs: ModelInputs, params: SamplingParams, constraint: Any = None) -> Stream:
-        """Queue a request on the engine thread. Raises Busy when the server is full, ValueError when the
-        engine refuses the request (it can never fit)."""
+        """Queue a request on the engine thread. Raises ValueError when the engine refuses the request
+        (it can never fit)."""
         with self._lock:
-            if self.active >= self.capacity:
-                raise Busy(f"{self.active} requests in flight ({self.engine.pool.n_slots} slots + "
-                           f"{self.max_pending} waiting); try again later")
             self.active += 1
         loop = asyncio.get_running_loop()
         q: asyncio.Queue = asyncio.Queue()
