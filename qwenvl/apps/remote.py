@@ -39,7 +39,7 @@ from typing import Any
 from PIL import Image
 
 from qwenvl.config import FAMILY_NAMES, QWEN2_5_VL, QWEN3_VL
-from qwenvl.processing.image import MAX_PIXELS, MIN_PIXELS, load_image, smart_resize
+from qwenvl.processing.image import load_image
 
 SENT_AS_IS = {"PNG": "image/png", "JPEG": "image/jpeg"}  # other formats are re-encoded as PNG
 REFUSED = (400, 413, 422)  # this request is wrong; the next one may be fine
@@ -282,17 +282,14 @@ class RemotePipeline:
             return server_boxes
         if size is None:
             return []
+        from qwenvl import families
         from qwenvl.processing.grounding import parse_boxes
 
-        family, input_size = self.family, None
-        if family == QWEN2_5_VL:
-            try:
-                h, w = smart_resize(size[1], size[0], 28, kw.get("min_pixels") or MIN_PIXELS,
-                                    kw.get("max_pixels") or MAX_PIXELS)
-            except ValueError:
-                return []
-            input_size = (w, h)
-        return [b.as_dict() for b in parse_boxes(text, family, size, input_size)]
+        try:
+            input_size = families.get(self.family).box_input_size(size, kw.get("min_pixels"), kw.get("max_pixels"))
+        except ValueError:
+            return []
+        return [b.as_dict() for b in parse_boxes(text, self.family, size, input_size)]
 
 
 @contextlib.contextmanager

@@ -132,6 +132,14 @@ class Family:
         that a checkpoint's own files override; {} = Qwen2-VL's."""
         return {}
 
+    def box_input_size(self, image_size: tuple[int, int], min_pixels: int | None = None,
+                       max_pixels: int | None = None) -> tuple[int, int] | None:
+        """(W, H) of the input the model saw for an image of image_size (W, H) under the family's default
+        resize rule, when its boxes are in those pixels; None when they are relative to the image
+        (per-mille, 0-1000). For a client without the checkpoint's processor (apps/remote.py); with one,
+        processor.input_sizes is exact."""
+        return None
+
     def generation_config(self, config: dict) -> dict:
         """Greedy defaults for a shipped checkpoint: stop at <|im_end|> and <|endoftext|>."""
         text = config.get("text_config", config)

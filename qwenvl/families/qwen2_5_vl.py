@@ -22,6 +22,16 @@ class Qwen25VL(Qwen2VL):
     model_types = ("qwen2_5_vl",)
     absolute_time = True
 
+    def box_input_size(self, image_size: tuple[int, int], min_pixels: int | None = None,
+                       max_pixels: int | None = None) -> tuple[int, int] | None:
+        """Boxes are absolute pixels of the resized input: smart_resize at factor 28 (patch 14 x merge 2),
+        the released min / max pixels unless given. ValueError for an image the rule refuses."""
+        from qwenvl.processing.image import MAX_PIXELS, MIN_PIXELS, smart_resize
+
+        w, h = image_size
+        rh, rw = smart_resize(h, w, 28, min_pixels or MIN_PIXELS, max_pixels or MAX_PIXELS)
+        return rw, rh
+
     def parse_config(self, d: dict) -> QwenVLConfig:
         text_d, v = split_hf_dict(d)
         text = qwen2_text(text_d, d)
