@@ -2,7 +2,7 @@
 
     python bench/bench_grammar.py [--reps N]        # ~1 min on 2 cores; needs llguidance, xgrammar, dashscope
 
-For each vocabulary (the shipped qwenvl-tiny v1 tiktoken vocab, the shipped qwenvl-tiny-qwen2.5-vl
+For each vocabulary (the shipped qwenvl-tiny-qwen-vl v1 tiktoken vocab, the shipped qwenvl-tiny (Qwen2.5-VL)
 tokenizers vocab, the real 151,643-rank Qwen vocabulary from dashscope's qwen.tiktoken) prints: the
 one-off tokenizer build time, then per library the compile time of a JSON schema with nested
 objects / arrays / enums / integers, and the per-token cost of mask computation + advance while a
@@ -62,9 +62,10 @@ def vocabs() -> list[tuple[str, object]]:
     import dashscope
 
     path = os.path.join(os.path.dirname(dashscope.__file__), "resources", "qwen.tiktoken")
-    return [("qwenvl-tiny (v1 tiktoken)", QwenV1Tokenizer.from_folder(os.path.join(ASSETS, "qwenvl-tiny"))),
-            ("qwenvl-tiny-qwen2.5-vl (tokenizers)",
-             QwenTokenizer.from_folder(os.path.join(ASSETS, "qwenvl-tiny-qwen2.5-vl"))),
+    return [("qwenvl-tiny-qwen-vl (v1 tiktoken)",
+             QwenV1Tokenizer.from_folder(os.path.join(ASSETS, "qwenvl-tiny-qwen-vl"))),
+            ("qwenvl-tiny (Qwen2.5-VL, tokenizers)",
+             QwenTokenizer.from_folder(os.path.join(ASSETS, "qwenvl-tiny"))),
             ("Qwen 151,643 ranks (v1 tiktoken)", QwenV1Tokenizer.from_file(path))]
 
 

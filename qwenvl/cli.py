@@ -158,7 +158,10 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _demo(args: argparse.Namespace) -> int:
     """Ask the shipped model about held-out generated images; print answers and write a box overlay."""
+    import math
+
     import qwenvl
+    from qwenvl import families
     from qwenvl.data.synth import make_sample, resolve_config
     from qwenvl.pipeline import DEFAULT_MODEL, resolve_model
     from qwenvl.processing.draw import draw_boxes
@@ -171,7 +174,13 @@ def _demo(args: argparse.Namespace) -> int:
               "`qwenvl chat CHECKPOINT_FOLDER \"question\" --image IMG` on a checkpoint folder.", file=sys.stderr)
         return 1
     pipe = qwenvl.load(folder, dtype=args.dtype, device=args.device)
-    size = pipe.model.cfg.vision.image_size
+    from qwenvl.train.ship import accuracy_line
+
+    line = accuracy_line(folder)
+    print(f"{folder.name} ({pipe.family}, a tiny model trained on 2 CPU cores): {line or 'no eval report shipped'}")
+    # the size the model trained on: v1's fixed input side, else the side of the processor's pixel budget
+    fixed = families.of(pipe.model.cfg).fixed_resolution
+    size = pipe.model.cfg.vision.image_size if fixed else math.isqrt(pipe.processor.image_cfg.max_pixels)
     cfg = resolve_config(seed=args.seed or 0, splits=(0.9, 0.05, 0.05), image_size=size, family=pipe.family,
                          langs=("en",))
     boxes_img = None
@@ -184,7 +193,7 @@ def _demo(args: argparse.Namespace) -> int:
         question = next(p["text"] for p in rec["messages"][0]["content"] if p["type"] == "text")
         out = pipe.chat([{"role": "user", "content": [{"type": "image", "image": str(path)},
                                                       {"type": "text", "text": question}]}],
-                        max_new_tokens=args.max_new_tokens or 48, temperature=0.0)
+                        max_new_tokens=args.max_new_tokens or 128, temperature=0.0)
         print(f"[{task}] image: {path}\n  Q: {question}\n  A: {out.text}\n  expected: {rec['meta'].get('answer')}")
         if out.boxes:
             boxes_img = Path(args.draw)

@@ -39,7 +39,7 @@ DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfl
 DEFAULT_MODEL = "qwenvl-tiny"
 
 
-SHIPPED = Path(__file__).parent / "assets"  # qwenvl-tiny (v1, the default), qwenvl-tiny-qwen2.5-vl
+SHIPPED = Path(__file__).parent / "assets"  # qwenvl-tiny (Qwen2.5-VL, the default), qwenvl-tiny-qwen-vl (v1)
 
 
 def resolve_model(path: str | Path | None) -> Path:

@@ -17,12 +17,13 @@ from qwenvl.apps.caption import caption_files, done_files, list_images, shard
 from qwenvl.cli import main
 from tests.conftest import write_image as _img
 
-V2 = "qwenvl-tiny-qwen2.5-vl"
+V2 = "qwenvl-tiny"  # the default: Qwen2.5-VL
+V1 = "qwenvl-tiny-qwen-vl"
 
 
 @pytest.fixture(scope="module")
 def pipes():
-    return {name: qwenvl.load(name) for name in ("qwenvl-tiny", V2)}
+    return {name: qwenvl.load(name) for name in (V1, V2)}
 
 
 @pytest.fixture
@@ -129,7 +130,7 @@ def test_caption_errors_are_one_line(shared_load, tmp_path, capsys):
     assert err.startswith("error: no image files") and err.count("\n") == 1
 
 
-@pytest.mark.parametrize("name", ["qwenvl-tiny", V2])
+@pytest.mark.parametrize("name", [V1, V2])
 def test_ground_prints_boxes_in_the_image_and_draws(shared_load, name, tmp_path, capsys):
     img, png = _img(tmp_path / "a.png", size=(96, 64)), tmp_path / "out" / "overlay.png"
     assert main(["ground", name, str(img), "the red square", "--out", str(png), "--max-new-tokens", "40",
@@ -151,9 +152,9 @@ def test_info_prints_family_and_tokens(capsys):
     assert main(["info", V2]) == 0
     out = capsys.readouterr().out
     assert "family:      qwen2_5_vl" in out and "image tokens 448x448:" in out and "auto dtype:" in out
-    assert main(["info", "qwenvl-tiny", "--json"]) == 0
+    assert main(["info", V1, "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
-    n_queries = qwenvl.load("qwenvl-tiny").model.cfg.vision.n_queries
+    n_queries = qwenvl.load(V1).model.cfg.vision.n_queries
     assert info["family"] == "qwen_vl" and set(info["image_tokens"].values()) == {n_queries}
     p = info["params"]
     assert p["vision"] > 0 and p["adapter"] > 0 and p["llm"] > 0 and p["total"] == p["vision"] + p["adapter"] + p["llm"]

@@ -119,7 +119,7 @@ T: dict[str, dict[str, list[str]]] = {
                "请简要描述这张图片。"]},
     "colour": {
         "en": ["What colour is {obj}?", "What is the colour of {obj}?", "Which colour does {obj} have?",
-               "Tell me the colour of {obj}."],
+               "Tell me the colour of {obj}.", "What color is {obj}?", "What is the color of {obj}?"],
         "zh": ["{obj}是什么颜色的？", "{obj}的颜色是什么？", "图中{obj}是什么颜色？", "请说出{obj}的颜色。"]},
     "shape": {
         "en": ["What shape is {obj}?", "What is the shape of {obj}?", "Which shape is {obj}?",

@@ -26,6 +26,16 @@ def segment_layout(cu_seqlens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     return seg, off, int(lens.max()) if len(lens) else 0
 
 
+def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kw) -> torch.Tensor:
+    """F.scaled_dot_product_attention; in training on CPU, bf16 inputs run in float32. The CPU bf16 flash
+    kernel's backward is the slow part of a tiny model's step: [32, 3, 64, 64] fwd+bwd 13.5 ms in bf16
+    vs 3.5 ms in fp32 (bench/RESULTS.md, 2026-12-02); inference keeps bf16 (its forward is faster)."""
+    if q.dtype == torch.bfloat16 and q.device.type == "cpu" and torch.is_grad_enabled() and q.requires_grad:
+        with torch.autocast("cpu", enabled=False):  # autocast would cast the inputs back to bf16
+            return F.scaled_dot_product_attention(q.float(), k.float(), v.float(), **kw).to(q.dtype)
+    return F.scaled_dot_product_attention(q, k, v, **kw)
+
+
 def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor,
                      layout: tuple[torch.Tensor, torch.Tensor, int] | None = None) -> torch.Tensor:
     """Non-causal attention restricted to segments, without a Python loop per segment.
@@ -39,7 +49,7 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqle
     n, h, d = q.shape
     if n_seg * lmax == n:  # equal segments (one image, full windows): a reshape, no scatter/gather copies
         split = lambda t: t.reshape(n_seg, lmax, h, d).transpose(1, 2)
-        return F.scaled_dot_product_attention(split(q), split(k), split(v)).transpose(1, 2).reshape(n, h, d)
+        return sdpa(split(q), split(k), split(v)).transpose(1, 2).reshape(n, h, d)
     lens = cu_seqlens[1:] - cu_seqlens[:-1]
     pad = q.new_zeros(3, n_seg, lmax, h, d)
     pad[0, seg, off], pad[1, seg, off], pad[2, seg, off] = q, k, v
@@ -47,7 +57,7 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqle
     mask = None
     if bool((lens != lmax).any()):
         mask = (torch.arange(lmax, device=q.device)[None, :] < lens[:, None])[:, None, None, :]
-    out = F.scaled_dot_product_attention(pq, pk, pv, attn_mask=mask)  # [S, H, Lmax, D]
+    out = sdpa(pq, pk, pv, attn_mask=mask)  # [S, H, Lmax, D]
     return out.transpose(1, 2)[seg, off]
 
 
@@ -107,8 +117,8 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: to
         causal = q.shape[2] > 1
         if causal and k.shape[2] != q.shape[2]:
             raise ValueError("a causal chunk after cached tokens needs an explicit mask")
-        return F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale, enable_gqa=gqa)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=gqa)
+        return sdpa(q, k, v, is_causal=causal, scale=scale, enable_gqa=gqa)
+    return sdpa(q, k, v, attn_mask=mask, scale=scale, enable_gqa=gqa)
 
 
 def build_causal_mask(key_valid: torch.Tensor | None, start: int, t: int, batch: int,

@@ -35,21 +35,24 @@ class Batch:
     image_grid: list[tuple[int, int, int]] = field(default_factory=list)
     video_pixels: torch.Tensor | None = None
     video_grid: list[tuple[int, int, int]] = field(default_factory=list)
+    dense: torch.Tensor | None = None  # [N_image_tokens, sub*sub, K] vision targets, image-token order
 
     def to(self, device: torch.device | str) -> Batch:
         mv = lambda t: t.to(device) if t is not None else None
         return Batch(mv(self.input_ids), mv(self.labels), mv(self.positions), mv(self.key_valid),
                      mv(self.segment_ids), mv(self.image_pixels), self.image_grid, mv(self.video_pixels),
-                     self.video_grid)
+                     self.video_grid, mv(self.dense))
 
     @property
     def num_targets(self) -> int:
         return int((self.labels[:, 1:] != IGNORE).sum())
 
 
-def forward_loss(model, batch: Batch, reduction: str = "mean") -> torch.Tensor:
-    """Next-token cross-entropy over supervised positions (mean over targets, or the sum)."""
-    img = model.encode_images(batch.image_pixels, batch.image_grid) if batch.image_pixels is not None else None
+def forward_loss(model, batch: Batch, reduction: str = "mean", img: torch.Tensor | None = None) -> torch.Tensor:
+    """Next-token cross-entropy over supervised positions (mean over targets, or the sum).
+    img: the batch's image features when the caller already encoded them."""
+    if img is None and batch.image_pixels is not None:
+        img = model.encode_images(batch.image_pixels, batch.image_grid)
     vid = model.encode_images(batch.video_pixels, batch.video_grid) if batch.video_pixels is not None else None
     embeds = model.embed(batch.input_ids, img, vid)
     b, t = batch.input_ids.shape

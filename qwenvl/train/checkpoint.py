@@ -157,7 +157,8 @@ def load_checkpoint(path: str | Path, info: DistInfo) -> tuple[dict, dict, dict]
 # final export
 
 _NOT_COPIED = (".safetensors", ".bin", ".pt", ".tmp")
-_NOT_COPIED_NAMES = ("config.json", "model.safetensors.index.json", "pytorch_model.bin.index.json")
+_NOT_COPIED_NAMES = ("config.json", "aux_dense.safetensors", "model.safetensors.index.json",
+                     "pytorch_model.bin.index.json")
 
 
 def export_model(model: nn.Module, output_dir: str | Path, dtype: torch.dtype | None = None,

@@ -189,6 +189,20 @@ class LoraConfig:
 
 
 @dataclass(frozen=True)
+class AuxConfig:
+    """Training-only losses beside the answer tokens (train/dense.py); nothing here reaches the export."""
+
+    dense: float = 0.0  # weight of the dense vision targets (per-cell colour, shape, centres, glyphs); 0 = off
+    dense_sub: int = 1  # cells per feature token along each side (2: one per ViT patch of a 2x2 merge)
+    answer: float = 1.0  # weight of the answer cross-entropy; 0 = a vision-only stage (the decoder never runs)
+
+    def __post_init__(self) -> None:
+        _check(self.dense >= 0 and self.answer >= 0, "aux.dense and aux.answer must be >= 0")
+        _check(self.dense > 0 or self.answer > 0, "aux.dense and aux.answer cannot both be 0 (nothing to learn)")
+        _check(1 <= self.dense_sub <= 4, "aux.dense_sub must be 1..4")
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     model: ModelConfig
     data: DataConfig = field(default_factory=DataConfig)
@@ -197,6 +211,7 @@ class TrainConfig:
     schedule: ScheduleConfig = field(default_factory=lambda: ScheduleConfig(max_steps=100))
     run: RunConfig = field(default_factory=RunConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
+    aux: AuxConfig = field(default_factory=AuxConfig)
 
     def __post_init__(self) -> None:
         _check(not (self.lora.enabled and self.stage.policy != "full"),
@@ -210,7 +225,7 @@ class TrainConfig:
 
 
 _SECTION_TYPES = {"model": ModelConfig, "data": DataConfig, "stage": StageConfig, "optim": OptimConfig,
-                  "schedule": ScheduleConfig, "run": RunConfig, "lora": LoraConfig}
+                  "schedule": ScheduleConfig, "run": RunConfig, "lora": LoraConfig, "aux": AuxConfig}
 # run.* fields that do not change the computation: a resume may change them
 BOOKKEEPING = ("output_dir", "log_every", "eval_every", "eval_batches", "ckpt_every", "keep_last", "export",
                "export_dtype", "progress", "tensorboard")
@@ -380,4 +395,6 @@ def config_hash(cfg: TrainConfig) -> str:
     d = cfg.to_dict()
     for k in BOOKKEEPING:
         d["run"].pop(k)
+    if cfg.aux == AuxConfig():  # recipes from before [aux] keep their hash
+        d.pop("aux")
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]

@@ -236,16 +236,18 @@ class SFTDataset(RecordDataset):
     keep: optional record filter (e.g. one task for a mixture). template_vars: Qwen2-VL processor options
     (min_pixels, max_pixels) and chat-template variables (add_vision_id), passed to build_example.
     drop_media: remove image and video parts, so a decoder learns the chat text alone (stage 0).
+    dense: (vision config, cells per token side) to attach train/dense.py targets from each record's meta.
     """
 
     def __init__(self, source: PathLike | Sequence[PathLike] | Sequence[dict], processor: Any, max_len: int, *,
                  seed: int = 0, shuffle: bool = True, image_root: PathLike | None = None,
                  keep: Callable[[dict], bool] | None = None, template_vars: dict | None = None,
-                 drop_media: bool = False) -> None:
+                 drop_media: bool = False, dense: tuple[Any, int] | None = None) -> None:
         super().__init__(load_entries(source, image_root, keep), max_len, seed=seed, shuffle=shuffle)
         self.processor = processor
         self.template_vars = dict(template_vars or {})
         self.drop_media = drop_media
+        self.dense = dense
 
     @classmethod
     def by_task(cls, source: PathLike | Sequence[PathLike] | Sequence[dict], processor: Any, max_len: int,
@@ -262,7 +264,15 @@ class SFTDataset(RecordDataset):
             if self.drop_media:  # text-only view of a multimodal chat (stage 0)
                 m["content"] = [p for p in m["content"] if p["type"] not in ("image", "video")]
             m["content"] = [self._open_image(p) for p in m["content"]]
-        return build_example(self.processor, msgs, **self.template_vars)
+        ex = build_example(self.processor, msgs, **self.template_vars)
+        if self.dense is not None:
+            from qwenvl.train.dense import record_targets
+
+            pixels = ex.inputs.image_pixels
+            # v1 has no grids: one fixed-size image per row of pixels
+            grids = list(ex.inputs.image_grid) or [(1, 0, 0)] * (0 if pixels is None else pixels.shape[0])
+            ex.dense = record_targets(entry.record.get("meta") or {}, grids, *self.dense)
+        return ex
 
     @staticmethod
     def _open_image(part: dict) -> dict:

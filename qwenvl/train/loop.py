@@ -77,6 +77,7 @@ from qwenvl.train.metrics_log import MetricsLog
 from qwenvl.train.optim import WarmupCosine, build_optimizer
 
 RECALIBRATE_AFTER = 20  # real steps before a minutes budget is re-fitted to the measured pace
+AUX_FILE = "aux_dense.safetensors"  # the training-only dense head, saved beside an export (never loaded by qwenvl.load)
 
 
 @dataclass
@@ -121,6 +122,8 @@ def default_data(cfg: TrainConfig, split: str, model_cfg) -> DataSource | None:
     kind = SFTDataset if d.format == "chat" else TextDataset
     if d.format == "chat" and d.drop_media:
         kw["drop_media"] = True
+    if d.format == "chat" and cfg.aux.dense > 0:
+        kw["dense"] = (model_cfg.vision, cfg.aux.dense_sub)
     if d.format == "chat" and not family.fixed_resolution:
         budget = {k: v for k, v in (("min_pixels", d.min_pixels), ("max_pixels", d.max_pixels)) if v}
         kw["template_vars"] = budget or None
@@ -184,20 +187,51 @@ class LossModule(nn.Module):
     """forward(batch) -> the summed cross-entropy over the batch's targets (DDP / FSDP wrap this).
 
     With `dummy` set, a batch with no image or video adds 0 x (vision tower on a dummy input), so the
-    tower's parameters get (zero) gradients on every rank every step.
+    tower's parameters get (zero) gradients on every rank every step. With a training-only dense head
+    (`model.aux_dense`, train/dense.py) and targets in the batch, its mean loss is added with weight
+    `dense`, scaled by the batch's answer-token count so the loop's 1/targets normalisation leaves it a
+    mean; `answer` = 0 skips the decoder (a vision-only stage).
     """
 
-    def __init__(self, model: nn.Module, dummy: tuple | None) -> None:
+    def __init__(self, model: nn.Module, dummy: tuple | None, dense: float = 0.0, answer: float = 1.0) -> None:
         super().__init__()
         self.model = model
         self.dummy = dummy
+        self.dense, self.answer = dense, answer
+        self.last_aux: dict[str, float] = {}  # the last batch's dense-target accuracies (for the log)
 
     def forward(self, batch: Batch) -> torch.Tensor:
-        loss = forward_loss(self.model, batch, reduction="sum")
+        head = getattr(self.model, "aux_dense", None)
+        img, loss = None, None
+        if head is not None and batch.dense is not None and batch.image_pixels is not None:
+            img = self.model.encode_images(batch.image_pixels, batch.image_grid)
+            dense, self.last_aux = head(img, batch.dense)
+            loss = self.dense * dense * batch.num_targets
+        if self.answer > 0:
+            answer = self.answer * forward_loss(self.model, batch, reduction="sum", img=img)
+            loss = answer if loss is None else loss + answer
+        elif loss is None:  # vision-only stage, a batch without targets for the head
+            loss = img.sum() * 0.0 if img is not None else torch.zeros((), requires_grad=True)
         if self.dummy is not None and self.training and batch.image_pixels is None and batch.video_pixels is None:
             pixels, grid = self.dummy
             loss = loss + 0.0 * self.model.encode_images(pixels, grid).float().sum()
         return loss
+
+
+def attach_dense_head(model: nn.Module, cfg: TrainConfig) -> None:
+    """model.aux_dense = a DenseHead (train/dense.py), restored from model.init's aux_dense.safetensors
+    when an earlier stage left one there, so a later stage keeps the head it trained."""
+    from qwenvl.train.dense import DenseHead
+
+    head = DenseHead(model.cfg.text.hidden_size, cfg.aux.dense_sub)
+    saved = Path(cfg.model.init or "") / AUX_FILE
+    if cfg.model.init and saved.is_file():
+        from safetensors.torch import load_file
+
+        state = load_file(saved)
+        if {k: tuple(v.shape) for k, v in state.items()} == {k: tuple(v.shape) for k, v in head.state_dict().items()}:
+            head.load_state_dict(state)
+    model.aux_dense = head
 
 
 def set_gradient_checkpointing(model: nn.Module, on: bool) -> None:
@@ -277,7 +311,10 @@ class _Run:
             self.trainable = {"lora": sum(p.numel() for p in lora_parameters(self.model).values())}
         set_gradient_checkpointing(self.model, cfg.run.gradient_checkpointing)
         vision_trains = any(p.requires_grad for n, p in self.model.named_parameters() if n.startswith("visual."))
-        self.loss_module = LossModule(self.model, dummy_vision_input(self.model.cfg) if vision_trains else None)
+        if cfg.aux.dense > 0:
+            attach_dense_head(self.model, cfg)
+        self.loss_module = LossModule(self.model, dummy_vision_input(self.model.cfg) if vision_trains else None,
+                                      cfg.aux.dense, cfg.aux.answer)
         self.wrapped = wrap(self.loss_module, self.model, info, cfg.run.fsdp)
         self.optimizer = build_optimizer(self.model, cfg.optim)
         self.scheduler = WarmupCosine.from_config(self.optimizer, cfg.optim, cfg.schedule.max_steps)
@@ -457,7 +494,17 @@ class _Run:
         if not self.info.is_main:
             return None
         model = self.peft.merge_and_unload() if self.peft is not None else self.model
-        return export_model(model, self.out, dtype, copy_from)
+        head = model._modules.pop("aux_dense", None)  # training-only: never in the exported layout
+        try:
+            dest = export_model(model, self.out, dtype, copy_from)
+        finally:
+            if head is not None:
+                model.aux_dense = head
+        if head is not None:  # beside the export, for a later stage's model.init
+            from safetensors.torch import save_file
+
+            save_file({k: v.detach().contiguous() for k, v in head.state_dict().items()}, dest / AUX_FILE)
+        return dest
 
     # -- main --------------------------------------------------------------------------------------
     def run(self, resume: bool) -> dict:
@@ -486,7 +533,8 @@ class _Run:
                 bar.update(1)
                 if self.step % cfg.run.log_every == 0 or self.step == total:
                     dt = time.perf_counter() - t_log
-                    self.metrics.log("train", self.step, loss=sum(window) / len(window), lr=lr, grad_norm=norm,
+                    aux = {f"dense_{k}": v for k, v in self.loss_module.last_aux.items()}
+                    self.metrics.log("train", self.step, loss=sum(window) / len(window), lr=lr, grad_norm=norm, **aux,
                                      tokens=self.tokens, tokens_per_s=tok_log / max(dt, 1e-9),
                                      elapsed_s=self.elapsed(), precision=self.precision)
                     bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tok_log / max(dt, 1e-9):.0f}", lr=f"{lr:.2e}",

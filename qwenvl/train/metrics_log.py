@@ -18,7 +18,9 @@ import math
 import os
 from pathlib import Path
 
-COLUMNS = ("step", "split", "loss", "lr", "grad_norm", "tokens", "tokens_per_s", "elapsed_s", "precision")
+COLUMNS = ("step", "split", "loss", "lr", "grad_norm", "tokens", "tokens_per_s", "elapsed_s", "precision",
+           # train/dense.py target accuracies on the last batch (empty without aux.dense)
+           "dense_cover", "dense_centres", "dense_colour", "dense_shape", "dense_size", "dense_offset", "dense_glyph")
 
 
 class MetricsLog:

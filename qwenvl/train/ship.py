@@ -1,6 +1,6 @@
 """Package a trained run as a shipped model folder: weights in bf16, tokenizer, per-stage report and plots.
 
-    python -m qwenvl.train.ship runs/tiny qwenvl/assets/qwenvl-tiny
+    python -m qwenvl.train.ship runs/tiny25 qwenvl/assets/qwenvl-tiny --probe '{"seed": 5, ...}'
 
 Reads RUN/<stage>/final (the last stage's export), RUN/<stage>/metrics.csv and RUN/eval/<stage>.json for
 the stages in STAGES, and writes DEST: model.safetensors (bf16), config and tokenizer files, eval.json/.md
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-STAGES = ("stage0_text", "stage1_pretrain", "stage2_multitask", "stage3_sft")
+STAGES = ("stage0_text", "stage1_vision", "stage1_pretrain", "stage2_multitask", "stage3_sft")  # those a run has
 # (row in the eval summary, metric, label) -- the issue's headline figures
 HEADLINE = (("vqa", "vqa_acc", "attribute VQA acc"), ("count", "vqa_acc", "counting acc"),
             ("grounding", "acc_iou50", "grounding Acc@IoU0.5"), ("ocr[3-5]", "exact_match", "OCR EM 3-5 chars"),
@@ -110,6 +110,37 @@ def plot(run: Path, evals: dict[str, dict], dest: Path) -> Path | None:
     return path
 
 
+def accuracy_line(folder: str | Path) -> str | None:
+    """One plain sentence of a shipped model's measured held-out accuracy, each figure beside its blank-image
+    baseline (from its eval.json); None when the folder has no report."""
+    path = Path(folder) / "eval.json"
+    if not path.is_file():
+        return None
+    report = json.loads(path.read_text())
+    summary, tasks = report["summary"], report.get("blind", {}).get("tasks", {})
+    blank = report.get("blind", {}).get("summary", {}).get("blank", {})
+    parts = []
+    for row, metric, label in HEADLINE:
+        v = summary.get(row, {}).get(metric)
+        if v is None:
+            continue
+        b = blank.get(row, {}).get(metric)
+        fmt = (lambda x: f"{x:.2f}") if metric == "cider" else (lambda x: f"{100 * x:.0f}%")
+        parts.append(f"{label} {fmt(v)}" + (f" (blank image {fmt(b)})" if b is not None else ""))
+    n = summary.get("vqa", {}).get("n")
+    verdict = report.get("blind", {}).get("verdict", {}).get("uses_image")
+    line = (f"measured on held-out generated images ({n} questions per task, greedy): " + ", ".join(parts)
+            + (f"; uses the image: {verdict} ({sum(t['uses_image'] for t in tasks.values())} of {len(tasks)} "
+               "tasks)" if verdict else "") + ".")
+    probe = Path(folder) / "probe.json"
+    plain = json.loads(probe.read_text()).get("plain") if probe.is_file() else None
+    if plain:
+        line += (" On a plain render (one large square on white, \"What color is the square?\") it names the colour "
+                 f"{plain['en']['right']}/{plain['en']['of']} in English, {plain['zh']['right']}/{plain['zh']['of']} "
+                 "in Chinese.")
+    return line
+
+
 def generation_config(config: dict) -> dict:
     """Greedy defaults for the shipped checkpoint, as its family states them."""
     from qwenvl import families
@@ -117,7 +148,25 @@ def generation_config(config: dict) -> dict:
     return families.for_model_type(config.get("model_type")).generation_config(config)
 
 
-def ship(run: str | Path, dest: str | Path, recipes: list[str], root: str | Path = ".") -> Path:
+def write_probe(folder: Path, spec: dict) -> dict:
+    """Run the blank-image probe (eval/probe.py) on the model in `folder` and write folder/probe.json with
+    the margin the shipped-model test holds it to, and the plain-render colour check's answers."""
+    import tempfile
+
+    import qwenvl
+    from qwenvl.eval.probe import plain_colour_check, recorded_margin, run_probe
+
+    pipe = qwenvl.load(str(folder), dtype="float32")
+    with tempfile.TemporaryDirectory() as work:
+        report = run_probe(pipe, spec, work)
+    report["margin"] = recorded_margin(report)
+    report["plain"] = plain_colour_check(pipe, spec["image_size"])
+    (folder / "probe.json").write_text(json.dumps(report, indent=1) + "\n")
+    return report
+
+
+def ship(run: str | Path, dest: str | Path, recipes: list[str], root: str | Path = ".",
+         probe: dict | None = None) -> Path:
     from qwenvl.weights import load_model, save_model
 
     run, dest, root = Path(run), Path(dest), Path(root)
@@ -145,6 +194,8 @@ def ship(run: str | Path, dest: str | Path, recipes: list[str], root: str | Path
         (tmp / "stages.md").write_text(stage_table(evals))
         plot(run, evals, tmp)
     (tmp / "recipes.sha256.json").write_text(json.dumps(recipe_hashes(root, recipes), indent=2) + "\n")
+    if probe is not None:
+        write_probe(tmp, probe)
     shutil.rmtree(dest, ignore_errors=True)
     tmp.rename(dest)
     return dest
@@ -155,8 +206,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("run", help="folder holding <stage>/final, <stage>/metrics.csv and eval/<stage>.json")
     p.add_argument("dest")
     p.add_argument("--recipe", action="append", default=[], help="recipe files to hash (repeatable)")
+    p.add_argument("--probe", default=None, help='blank-image probe spec as JSON, e.g. \'{"seed": 5, '
+                   '"image_size": 140, "family": "qwen2_5_vl", "n": 16}\' (eval/probe.py); writes probe.json')
     a = p.parse_args(argv)
-    print(ship(a.run, a.dest, a.recipe))
+    print(ship(a.run, a.dest, a.recipe, probe=json.loads(a.probe) if a.probe else None))
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Train the `qwenvl-tiny` vocabulary: a small byte-level BPE, exported as a `qwen.tiktoken` ranks file.
+"""Train the shipped tiny models' vocabulary: a small byte-level BPE, exported as a `qwen.tiktoken` ranks file.
 
 The BPE is learned with the `tokenizers` library (NFC, Qwen's split regex, byte-level), then written in
 the format `QwenV1Tokenizer.from_file` reads: one `base64(token_bytes) rank` per line, ranks 0..n-1.

@@ -45,7 +45,7 @@ SAMPLING = [{}, {"temperature": 1.0, "seed": 1}, {"temperature": 0.8, "top_p": 0
 TOOL_RE = re.compile(r"\A<tool_call>\n(.*)\n</tool_call>\Z", re.S)
 
 
-@pytest.fixture(scope="module", params=["qwenvl-tiny", "qwenvl-tiny-qwen2.5-vl"])
+@pytest.fixture(scope="module", params=["qwenvl-tiny", "qwenvl-tiny-qwen-vl"])
 def pipe(request):
     return qwenvl.load(request.param)
 

@@ -293,7 +293,7 @@ TEXT = [{"role": "user", "content": "Describe the weather in a short sentence."}
 def v1_reference():
     import qwenvl
 
-    pipe = qwenvl.load("qwenvl-tiny", dtype="float32")  # the fp32 reference the quantized runs are measured to
+    pipe = qwenvl.load("qwenvl-tiny-qwen-vl", dtype="float32")  # the fp32 reference the quantized runs are measured to
     msgs = v1_messages()
     return msgs, pipe.logits(msgs), pipe.chat(TEXT, max_new_tokens=24, temperature=0.0).token_ids
 
@@ -303,7 +303,7 @@ def test_int8_pipeline_on_the_trained_v1_model_keeps_greedy_tokens(v1_reference)
     import qwenvl
 
     msgs, ref, ref_tokens = v1_reference
-    pipe = qwenvl.load("qwenvl-tiny", dtype="float32", quantize="int8")
+    pipe = qwenvl.load("qwenvl-tiny-qwen-vl", dtype="float32", quantize="int8")
     rms, top1 = agreement(pipe.logits(msgs), ref)
     assert rms < 0.04 and top1 >= 0.95, (rms, top1)
     assert len(ref_tokens) >= 16
@@ -317,7 +317,7 @@ def test_weight_bytes_of_the_v1_model_shrink(mode, limit):
     """v1 tiny: hidden 256, MLP 704, so group 64 needs no padding; measured 0.252 (int8), 0.141 (int4)."""
     from qwenvl.pipeline import resolve_model
 
-    model = load_model(resolve_model("qwenvl-tiny"))
+    model = load_model(resolve_model("qwenvl-tiny-qwen-vl"))
     fp32 = sum(m.weight.numel() * 4 for m in model.model.layers.modules() if isinstance(m, nn.Linear))
     report = Q.quantize_model(model, mode)
     held = sum(b.numel() * b.element_size() for n, b in model.model.layers.named_buffers()
@@ -331,7 +331,7 @@ def test_int4_on_the_trained_v1_model_keeps_most_top1(v1_reference):
     import qwenvl
 
     msgs, ref, _ = v1_reference
-    rms, top1 = agreement(qwenvl.load("qwenvl-tiny", dtype="float32", quantize="int4").logits(msgs), ref)
+    rms, top1 = agreement(qwenvl.load("qwenvl-tiny-qwen-vl", dtype="float32", quantize="int4").logits(msgs), ref)
     assert rms < 0.08 and top1 >= 0.85, (rms, top1)
 
 

@@ -70,12 +70,12 @@ def as_reference(msgs: list[dict]) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def v1():
-    return qwenvl.load("qwenvl-tiny").processor
+    return qwenvl.load("qwenvl-tiny-qwen-vl").processor
 
 
 @pytest.fixture(scope="module")
 def qwen25() -> Qwen2VLProcessor:
-    return qwenvl.load("qwenvl-tiny-qwen2.5-vl").processor
+    return qwenvl.load("qwenvl-tiny").processor
 
 
 @pytest.fixture(scope="module")

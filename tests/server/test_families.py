@@ -9,7 +9,7 @@ import pytest
 import qwenvl
 from tests.server.conftest import data_url, red_box_image, start_server, stop_server
 
-MODEL = "qwenvl-tiny-qwen2.5-vl"
+MODEL = "qwenvl-tiny"  # the default is the shipped Qwen2.5-VL
 
 
 @pytest.fixture(scope="module")

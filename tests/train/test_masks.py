@@ -275,14 +275,14 @@ def tool_record(content: str | None, images: bool) -> tuple[list[dict], list[str
 def tiny25() -> Qwen2VLProcessor:
     import qwenvl
 
-    return qwenvl.load("qwenvl-tiny-qwen2.5-vl").processor
+    return qwenvl.load("qwenvl-tiny").processor
 
 
 @pytest.fixture(scope="module")
 def tiny1() -> QwenV1Processor:
     import qwenvl
 
-    return qwenvl.load("qwenvl-tiny").processor
+    return qwenvl.load("qwenvl-tiny-qwen-vl").processor
 
 
 def check_tool_labels(ex: TrainExample, want: list[str], decode) -> None:

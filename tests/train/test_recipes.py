@@ -3,6 +3,7 @@ through the real CLI, data pipeline and tokenizer on a small generated synthetic
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -141,7 +142,8 @@ def test_stage_chain_smoke_through_the_cli(synth, tmp_path, capsys):
 
 
 def test_qwen2_5_vl_script_runs_the_same_recipes(tmp_path):
-    """recipes/tiny_qwen2_5_vl.sh: the stage 0-3 recipes on the tiny Qwen2.5-VL config, video included."""
+    """recipes/tiny_qwen2_5_vl.sh: stage 0, the vision pre-training and stages 2-3 on the tiny Qwen2.5-VL config,
+    video included."""
     import os
     import subprocess
     import sys
@@ -154,7 +156,7 @@ def test_qwen2_5_vl_script_runs_the_same_recipes(tmp_path):
         generate(data / name, n_per_task=4, seed=seed, splits=(0.5, 0.25, 0.25), image_size=140, tasks=tasks,
                  family="qwen2_5_vl", difficulty=level, progress=False)
     # the arch's special-token ids assume 4,096 ranks: the shipped vocabulary's
-    ranks = RECIPES.parent / "qwenvl" / "assets" / "qwenvl-tiny" / "qwen.tiktoken"
+    ranks = RECIPES.parent / "qwenvl" / "assets" / "qwenvl-tiny-qwen-vl" / "qwen.tiktoken"
     env = dict(os.environ, DATA=str(data), RANKS=str(ranks), LIMIT="2", OMP_NUM_THREADS="1",
                PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
                EXTRA="--set schedule.max_steps=2 --set run.eval_batches=1 --set run.progress=false")
@@ -162,9 +164,16 @@ def test_qwen2_5_vl_script_runs_the_same_recipes(tmp_path):
     run = subprocess.run(["bash", str(RECIPES / "tiny_qwen2_5_vl.sh"), str(out)], cwd=RECIPES.parent, env=env,
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
-    for stage in CHAIN[:4]:
+    for stage in ("stage0_text", "stage1_vision", "stage2_multitask", "stage3_sft"):
         cfg = json.loads((out / stage / "final" / "config.json").read_text())
         assert cfg["model_type"] == "qwen2_5_vl" and (out / stage / "final" / "tokenizer.json").is_file()
+        # the dense head trains from stage 1 on and travels beside the exports, never inside them
+        assert (out / stage / "final" / "aux_dense.safetensors").is_file() == (stage != "stage0_text")
+        rows = list(csv.DictReader(open(out / stage / "metrics.csv")))
+        assert any(r["dense_cover"] for r in rows) == (stage != "stage0_text"), stage
+    from qwenvl.weights import load_model
+
+    assert not any("aux" in k for k in load_model(out / "stage3_sft" / "final").state_dict())
     summary = json.loads((out / "eval" / "stage3_sft.json").read_text())["summary"]
     assert summary["video"]["n"] == 1 and summary["grounding"]["n"] == 1
 
