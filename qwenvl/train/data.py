@@ -268,10 +268,7 @@ class SFTDataset(RecordDataset):
         if self.dense is not None:
             from qwenvl.train.dense import record_targets
 
-            pixels = ex.inputs.image_pixels
-            # v1 has no grids: one fixed-size image per row of pixels
-            grids = list(ex.inputs.image_grid) or [(1, 0, 0)] * (0 if pixels is None else pixels.shape[0])
-            ex.dense = record_targets(entry.record.get("meta") or {}, grids, *self.dense)
+            ex.dense = record_targets(entry.record.get("meta") or {}, ex.inputs, *self.dense)
         return ex
 
     @staticmethod

@@ -122,10 +122,14 @@ def image_targets(meta: dict, rows: int, cols: int) -> np.ndarray:
     return out
 
 
-def record_targets(meta: dict, grids: Sequence[Sequence[int]], vision_cfg, sub: int) -> torch.Tensor | None:
-    """Targets for every image of one record, [N_image_tokens, sub*sub, len(TARGETS)] in feature order
-    (None without images). Only a single-image record with known geometry gets real targets; the
-    images of any other (multi-image, documents, no meta) are all IGNORE, so batches still line up."""
+def record_targets(meta: dict, inputs, vision_cfg, sub: int) -> torch.Tensor | None:
+    """Targets for every image of one record's ModelInputs, [N_image_tokens, sub*sub, len(TARGETS)] in
+    feature order (None without images). Only a single-image record with known geometry gets real
+    targets; the images of any other (multi-image, documents, no meta) are all IGNORE, so batches still
+    line up."""
+    pixels = inputs.image_pixels
+    # v1 has no grids: one fixed-size image per row of pixels (token_grid reads its query grid)
+    grids = list(inputs.image_grid) or [(1, 0, 0)] * (0 if pixels is None else pixels.shape[0])
     if not grids:
         return None
     parts = []

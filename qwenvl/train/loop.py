@@ -210,28 +210,32 @@ class LossModule(nn.Module):
         if self.answer > 0:
             answer = self.answer * forward_loss(self.model, batch, reduction="sum", img=img)
             loss = answer if loss is None else loss + answer
-        elif loss is None:  # vision-only stage, a batch without targets for the head
-            loss = img.sum() * 0.0 if img is not None else torch.zeros((), requires_grad=True)
+        elif loss is None:  # vision-only stage, a batch without images for the head
+            loss = torch.zeros((), requires_grad=True)
         if self.dummy is not None and self.training and batch.image_pixels is None and batch.video_pixels is None:
             pixels, grid = self.dummy
             loss = loss + 0.0 * self.model.encode_images(pixels, grid).float().sum()
         return loss
 
 
-def attach_dense_head(model: nn.Module, cfg: TrainConfig) -> None:
+def attach_dense_head(model: nn.Module, cfg: TrainConfig) -> str:
     """model.aux_dense = a DenseHead (train/dense.py), restored from model.init's aux_dense.safetensors
-    when an earlier stage left one there, so a later stage keeps the head it trained."""
+    when an earlier stage left one there, so a later stage keeps the head it trained. Returns what was done
+    (a saved head of another shape, e.g. another aux.dense_sub, is not loaded: the new one starts fresh)."""
     from qwenvl.train.dense import DenseHead
 
-    head = DenseHead(model.cfg.text.hidden_size, cfg.aux.dense_sub)
-    saved = Path(cfg.model.init or "") / AUX_FILE
-    if cfg.model.init and saved.is_file():
-        from safetensors.torch import load_file
+    model.aux_dense = head = DenseHead(model.cfg.text.hidden_size, cfg.aux.dense_sub)
+    saved = Path(cfg.model.init) / AUX_FILE if cfg.model.init else None
+    if saved is None or not saved.is_file():
+        return "dense head: new"
+    from safetensors.torch import load_file
 
-        state = load_file(saved)
-        if {k: tuple(v.shape) for k, v in state.items()} == {k: tuple(v.shape) for k, v in head.state_dict().items()}:
-            head.load_state_dict(state)
-    model.aux_dense = head
+    state = load_file(saved)
+    want = {k: tuple(v.shape) for k, v in head.state_dict().items()}
+    if {k: tuple(v.shape) for k, v in state.items()} != want:
+        return f"dense head: new ({saved} holds a head of other shapes than aux.dense_sub = {cfg.aux.dense_sub} needs)"
+    head.load_state_dict(state)
+    return f"dense head: restored from {saved}"
 
 
 def set_gradient_checkpointing(model: nn.Module, on: bool) -> None:
@@ -312,7 +316,7 @@ class _Run:
         set_gradient_checkpointing(self.model, cfg.run.gradient_checkpointing)
         vision_trains = any(p.requires_grad for n, p in self.model.named_parameters() if n.startswith("visual."))
         if cfg.aux.dense > 0:
-            attach_dense_head(self.model, cfg)
+            self.say(attach_dense_head(self.model, cfg))
         self.loss_module = LossModule(self.model, dummy_vision_input(self.model.cfg) if vision_trains else None,
                                       cfg.aux.dense, cfg.aux.answer)
         self.wrapped = wrap(self.loss_module, self.model, info, cfg.run.fsdp)

@@ -18,9 +18,11 @@ import math
 import os
 from pathlib import Path
 
+from qwenvl.train.dense import TARGETS
+
 COLUMNS = ("step", "split", "loss", "lr", "grad_norm", "tokens", "tokens_per_s", "elapsed_s", "precision",
            # train/dense.py target accuracies on the last batch (empty without aux.dense)
-           "dense_cover", "dense_centres", "dense_colour", "dense_shape", "dense_size", "dense_offset", "dense_glyph")
+           *(f"dense_{name}" for name, _ in TARGETS))
 
 
 class MetricsLog:

@@ -11,6 +11,7 @@ import torch
 
 from qwenvl.data.scenes import COLOURS, SHAPES, SIZES, Obj
 from qwenvl.families import from_hf_dict
+from qwenvl.inputs import ModelInputs
 from qwenvl.train.config import AuxConfig, ScheduleConfig, StageConfig
 from qwenvl.train.dense import GLYPHS, IGNORE, TARGETS, TEXT_CLASS, DenseHead, image_targets, record_targets
 from qwenvl.train.loop import AUX_FILE, train
@@ -62,11 +63,16 @@ def test_glyph_targets_follow_the_characters_of_upright_text():
     assert (tilted[:, COL["glyph"]] == IGNORE).all()
 
 
+def inputs(grids: list[tuple[int, int, int]]) -> ModelInputs:
+    """ModelInputs with these image grids (the pixels are not read)."""
+    return ModelInputs(input_ids=[0], positions=torch.zeros(3, 1), image_pixels=torch.zeros(1), image_grid=grids)
+
+
 def test_record_targets_lay_cells_out_in_feature_token_order():
     cfg = from_hf_dict(v2_arch("qwen2_5_vl"))  # merge 2
     meta = {"image_size": [120, 80], "objects": [obj("circle", "red", "large", 100, 70, 6)]}
     grid = (1, 4, 6)  # patches -> 2 x 3 merged tokens; sub 2 -> 4 x 6 cells
-    got = record_targets(meta, [grid], cfg.vision, 2)
+    got = record_targets(meta, inputs([grid]), cfg.vision, 2)
     assert got.shape == (6, 4, len(TARGETS))
     cells = image_targets(meta, 4, 6)
     for r in range(2):
@@ -75,10 +81,12 @@ def test_record_targets_lay_cells_out_in_feature_token_order():
                 for j in range(2):
                     assert torch.equal(got[r * 3 + c, i * 2 + j], torch.from_numpy(cells[(2 * r + i) * 6 + 2 * c + j]))
     # several images (or no geometry): every cell IGNORE, one row per feature token
-    two = record_targets(meta, [grid, (1, 2, 2)], cfg.vision, 2)
+    two = record_targets(meta, inputs([grid, (1, 2, 2)]), cfg.vision, 2)
     assert two.shape == (7, 4, len(TARGETS)) and (two == IGNORE).all()
     v1 = from_hf_dict(v1_arch())
-    assert record_targets(meta, [(1, 0, 0)], v1.vision, 1).shape == (v1.vision.n_queries, 1, len(TARGETS))
+    v1_one = ModelInputs(input_ids=[0], positions=torch.zeros(1), image_pixels=torch.zeros(1, 3, 28, 28))
+    assert record_targets(meta, v1_one, v1.vision, 1).shape == (v1.vision.n_queries, 1, len(TARGETS))
+    assert record_targets(meta, ModelInputs(input_ids=[0], positions=torch.zeros(1)), v1.vision, 1) is None
 
 
 def test_head_loss_is_cross_entropy_over_the_known_cells():
@@ -98,10 +106,8 @@ class DenseFake(FakeExamples):
 
     def __getitem__(self, i: int):
         ex = super().__getitem__(i)
-        pixels = ex.inputs.image_pixels
-        grids = ex.inputs.image_grid or [(1, 0, 0)] * (0 if pixels is None else len(pixels))
         meta = {"image_size": [56, 56], "objects": [obj("circle", "red", "small", 10 + i % 30, 20, 4)]}
-        ex.dense = record_targets(meta if len(grids) == 1 else {}, grids, self.cfg.vision, 2)
+        ex.dense = record_targets(meta, ex.inputs, self.cfg.vision, 2)  # two images: all IGNORE
         return ex
 
 
