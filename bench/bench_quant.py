@@ -15,13 +15,15 @@ Variants:
     int4 gG kernel           torch.ops.aten._weight_int4pack_mm_for_cpu, group size G
     int8 / int4 dequant      quant.int8_dequant_mm / int4_dequant_mm: block-wise dequantize + bf16 GEMM
     ours                     QuantLinear.forward: kernel below INT8_DEQUANT_ROWS / INT4_DEQUANT_ROWS rows,
-                             else dequant
+                             else dequant; int8's kernel is our tiled one (engine/csrc/int8_gemv.cpp) where
+                             it builds, "torch's kernel" the same module on _weight_int8pack_mm
 Then the MoE experts (Qwen3-VL-30B-A3B sizes: E 128, H 2048, I 768, top-8, random routing per call):
 bf16 MoeExperts (grouped_mm), QuantExperts int8 / int4 (loop over the hit experts), and the alternative
 "dequantize the hit experts' int8 weights, then grouped_mm". Last, the relative output error of each
 scheme on a Gaussian 4096 x 4096 weight (fp32 reference) and its bits per weight.
 --model adds a whole Qwen2-VL-2B-shaped decoder (random bf16 weights built in memory): 256-token prefill
-and decode tok/s in bf16 / int8 / int4. torchao is timed only if installed (it is not a dependency).
+and decode tok/s in bf16 / int8 (tiled, and torch's kernel) / int4. torchao is timed only if installed (it is
+not a dependency).
 """
 
 from __future__ import annotations
@@ -86,6 +88,7 @@ def variants(w: torch.Tensor, m: int) -> list[tuple[str, int, object]]:
     q4 = {g: Q.quantize_int4(w, g, BF16) for g in (32, 64, 128)}
     g0 = Q.DEFAULT_GROUP_SIZE
     lin8, lin4 = (Q.QuantLinear(w, None, mode, g0, BF16) for mode in ("int8", "int4"))
+    lin8_torch = Q.QuantLinear(w, None, "int8", g0, BF16, tiled=False)
 
     def kernel8(scale_dtype):
         def make():
@@ -124,7 +127,9 @@ def variants(w: torch.Tensor, m: int) -> list[tuple[str, int, object]]:
                     kernel4(g0, torch.float32)))
     out += [("int8 dequant + bf16 GEMM", Q._nbytes(q8, s8), dequant("int8")),
             (f"int4 g{g0} dequant + bf16 GEMM", Q._nbytes(*q4[g0]), dequant("int4")),
-            ("ours int8 (QuantLinear)", Q._nbytes(q8, s8), lambda: copy.deepcopy(lin8)),
+            (f"ours int8 (QuantLinear{', tiled' if lin8.tiled else ''})", Q._nbytes(q8, s8),
+             lambda: copy.deepcopy(lin8)),
+            ("ours int8, torch's kernel", Q._nbytes(q8, s8), lambda: copy.deepcopy(lin8_torch)),
             (f"ours int4 g{g0} (QuantLinear)", Q._nbytes(*q4[g0]), lambda: copy.deepcopy(lin4))]
     return out
 
@@ -256,8 +261,10 @@ def bench_model(bw: float, wait: QuietWaiter, prompt: int = 256, steps: int = 24
     import qwenvl.model.layers as layers
     import qwenvl.model.qwenvl as qmodel
 
-    fast = layers.linear
-    for mode in (None, "F.linear", "int8", "int4"):
+    fast, tiled = layers.linear, Q.use_tiled
+    for mode in (None, "F.linear", "int8", "int8 torch", "int4"):
+        # "int8 torch": int8 through torch's _weight_int8pack_mm instead of our tiled kernel
+        Q.use_tiled = (lambda m, d: False) if mode == "int8 torch" else tiled
         # "F.linear": the bf16 decoder with the one-row torch.mv path switched off (what it was before)
         layers.linear = qmodel.linear = (lambda x, w, b=None: F.linear(x, w, b)) if mode == "F.linear" else fast
         with torch.device("meta"):
@@ -274,8 +281,8 @@ def bench_model(bw: float, wait: QuietWaiter, prompt: int = 256, steps: int = 24
             Q._nbytes(lm.embed_tokens.weight)
         n_linear = sum(m.weight.numel() for m in lm.layers.modules() if isinstance(m, torch.nn.Linear))
         flops = 2 * prompt * n_linear + 2 * lm.embed_tokens.weight.numel()  # matmuls; logits of the last token
-        if mode in ("int8", "int4"):
-            rep = Q.quantize_model(model, mode)
+        if mode in ("int8", "int8 torch", "int4"):
+            rep = Q.quantize_model(model, mode.split()[0])
             nbytes += rep["decoder"]["quant_bytes"] - rep["decoder"]["float_bytes"]
             nbytes += rep["lm_head"]["quant_bytes"] - rep["lm_head"]["float_bytes"]
         ids = torch.randint(0, cfg.text.vocab_size, (1, prompt), generator=gen)
@@ -294,12 +301,13 @@ def bench_model(bw: float, wait: QuietWaiter, prompt: int = 256, steps: int = 24
                 tok = model.logits(h[:, -1]).argmax(-1)
                 times.append(time.perf_counter() - t0)
         t_tok = sorted(times[2:])[len(times[2:]) // 2]
-        print(f"  {mode or 'bf16 (mv)':9s} {nbytes / 2**30:5.2f} GiB read per token | prefill {t_prefill:6.2f} s "
+        print(f"  {mode or 'bf16 (mv)':10s} {nbytes / 2**30:5.2f} GiB read per token | prefill {t_prefill:6.2f} s "
               f"({flops / t_prefill / 1e12:.2f} TFLOP/s of matmuls) | decode {t_tok * 1e3:6.1f} ms/token (median) "
               f"= {1 / t_tok:5.2f} tok/s, {nbytes / t_tok / 1e9:5.1f} GB/s, {100 * nbytes / t_tok / 1e9 / bw:.0f}% "
               f"of the limit | load {load.cores:.1f}")
         del model, cache
     layers.linear = qmodel.linear = fast
+    Q.use_tiled = tiled
 
 
 def main() -> None:
@@ -326,7 +334,7 @@ def main() -> None:
           f"DEFAULT_GROUP_SIZE = {Q.DEFAULT_GROUP_SIZE}")
     with torch.no_grad():
         if not args.only_model:
-            for m, k, n in ((1, 4096, 4096), (1, 4096, 11008), (16, 4096, 4096), (64, 4096, 4096),
+            for m, k, n in ((1, 4096, 4096), (1, 4096, 11008), (8, 4096, 4096), (16, 4096, 4096), (64, 4096, 4096),
                             (256, 4096, 4096)):
                 bench_linear(m, k, n, bw, wait)
             bench_moe(bw, wait)

@@ -240,7 +240,7 @@ class Pipeline:
 
 
 def load(path: str | Path | None = None, dtype: str | torch.dtype = "auto",
-         device: str | torch.device = "cpu", quantize: str | None = None) -> Pipeline:
+         device: str | torch.device = "cpu", quantize: str | None = None, compile: bool = False) -> Pipeline:
     """Load a checkpoint folder (or the shipped default model) into a ready pipeline.
 
     dtype: "auto" (the default: bf16 where `device` computes it natively, a CPU with avx512_bf16 or AMX
@@ -250,6 +250,8 @@ def load(path: str | Path | None = None, dtype: str | torch.dtype = "auto",
 
     quantize: None, "int8" or "int4": weight-only quantization of the text decoder and lm_head after
     loading (qwenvl.engine.quant.quantize_model, its defaults); such a pipeline cannot save().
+    compile: decode steps through torch.compile (Engine(compile=True)): faster steps after ~30 s of
+    compilation at the first request; needs a C++ compiler (inductor).
     """
     from qwenvl.engine.quant import MODES, quantize_model
 
@@ -264,4 +266,5 @@ def load(path: str | Path | None = None, dtype: str | torch.dtype = "auto",
         quantize_model(model, quantize)
     gen_path = folder / "generation_config.json"
     gen = json.loads(gen_path.read_text()) if gen_path.is_file() else {}
-    return Pipeline(model, processor, gen, folder, dtype=compute_dtype, dtype_reason=reason)
+    return Pipeline(model, processor, gen, folder, dtype=compute_dtype, dtype_reason=reason,
+                    engine_options={"compile": True} if compile else None)

@@ -128,11 +128,15 @@ class Engine:
                  max_len: int | None = None, memory_bytes: int | None = None,
                  prefill_tokens: int = DEFAULT_PREFILL_TOKENS, dtype: torch.dtype | None = None,
                  device: torch.device | str | None = None, vision_cache_bytes: int = DEFAULT_VISION_CACHE_BYTES,
-                 prefix_cache: bool = True) -> None:
+                 prefix_cache: bool = True, compile: bool = False) -> None:
         """n_slots / max_len / memory_bytes size the pool (engine/kv.py); dtype defaults to the dtype of
         the model's embeddings, device to the model's. vision_cache_bytes: budget of the image-embedding
-        cache (0: off); prefix_cache: keep finished requests' KV for prompts that extend them."""
+        cache (0: off); prefix_cache: keep finished requests' KV for prompts that extend them.
+        compile: run decode steps through torch.compile (inductor; dynamic batch and cache length): fuses
+        the ~40 small ops per layer (norms, RoPE, casts, residuals) whose launch overhead dominates the
+        decode of small models; the first steps pay ~30 s of compilation (bench/RESULTS.md)."""
         self.model = model
+        self._decode_forward = torch.compile(model.forward, dynamic=True) if compile else model.forward
         self.decode = decode
         self.device = torch.device(device) if device is not None else model_device(model)
         if dtype is None:
@@ -375,8 +379,8 @@ class Engine:
         # one row: the int-start path (a slice write, no mask); several: per-row starts + ragged mask
         starts = rows[0].cache_len if b == 1 else torch.tensor([r.cache_len for r in rows], device=dev)
         cache = self.pool.view([r.slot for r in rows])
-        hidden = self.model(self.model.embed(tokens, placeholders=False), pos, None, cache, starts,
-                            ntk_len=[r.prompt_len for r in rows])
+        hidden = self._decode_forward(self.model.embed(tokens, placeholders=False), pos, None, cache, starts,
+                                      ntk_len=[r.prompt_len for r in rows])
         return self.model.logits(hidden[:, -1]).float()
 
     # -- conveniences over the step loop ----------------------------------------------------------

@@ -58,6 +58,8 @@ DEFAULT_GROUP_SIZE = 64
 # int8 kernel 5.3 vs 4.2 ms at M = 16; int4 kernel 18.4 vs 16.9 ms at M = 64, 5.0 vs 17.9 ms at M = 16)
 INT8_DEQUANT_ROWS = 16
 INT4_DEQUANT_ROWS = 64
+# rows per tile of the tiled int8 layout (csrc/int8_gemv.cpp)
+TILE_ROWS = 4
 # weights dequantized per block (into _scratch buffers: 32 MB bf16; int4 also 16 MB fp32)
 _DEQUANT_ELEMS = 1 << 24
 _DEQUANT_ELEMS_INT4 = 1 << 22
@@ -79,21 +81,50 @@ def _round_up(n: int, m: int) -> int:
 def quantize_int8(w: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """w [..., N, K] -> (q [..., N, Kp] int8, scales [..., N] in `dtype`), w ~= q[..., :K] * scales[..., None].
 
-    Kp = K rounded up to 16 with zero columns: the bf16 kernel reads K in steps of 16 and, for other K,
-    returns inf / nan or segfaults (torch 2.13 CPU, found by this module's tests; fp32 is fine).
+    Kp = K rounded up to 32 with zero columns: torch's bf16 kernel reads K in steps of 16 and, for other K,
+    returns inf / nan or segfaults (torch 2.13 CPU, found by this module's tests; fp32 is fine); our tiled
+    kernel (cpu_kernels) reads 32 at a time.
     q is rounded against the stored (dtype-rounded) scale, so the dequantized weight is what the kernel sees.
     """
     wf = w.float()
     s = (wf.abs().amax(-1) / 127).clamp_min(1e-12).to(dtype)
     q = (wf / s.float()[..., None]).round_().clamp_(-127, 127).to(torch.int8)
     k = w.shape[-1]
-    return F.pad(q, (0, _round_up(k, 16) - k)), s
+    return F.pad(q, (0, _round_up(k, 32) - k)), s
 
 
-def int8_kernel_mm(x: torch.Tensor, q: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-    """x [M, K] (s's dtype) @ (q[:, :K] * s[:, None]).T -> [M, N] through the CPU kernel (x padded to Kp)."""
+def _tiled_ext():
+    """The tiled int8 GEMV extension, or None (not built here: no AVX-512, no compiler, QWENVL_KERNELS=0)."""
+    from qwenvl.engine.cpu_kernels import int8_gemv
+
+    return int8_gemv()[0]
+
+
+def tile_int8(q: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(q [N, Kp], s [N]) -> the same weight in the tiled kernel's layout: rows padded with zeros to a
+    multiple of TILE_ROWS, bytes in [N/4, Kp/32, 4, 32] tile order (still shaped [Np, Kp])."""
+    n = q.shape[0]
+    pad = _round_up(n, TILE_ROWS) - n
+    q, s = F.pad(q, (0, 0, 0, pad)), F.pad(s, (0, pad))
+    kp = q.shape[1]
+    return q.view(-1, TILE_ROWS, kp // 32, 32).transpose(1, 2).contiguous().view(q.shape), s
+
+
+def untile_int8(q: torch.Tensor) -> torch.Tensor:
+    """The inverse of tile_int8's byte order: [Np, Kp] row-major int8 (a new tensor)."""
+    kp = q.shape[1]
+    return q.view(-1, kp // 32, TILE_ROWS, 32).transpose(1, 2).reshape(q.shape)
+
+
+def int8_kernel_mm(x: torch.Tensor, q: torch.Tensor, s: torch.Tensor, tiled: bool = False) -> torch.Tensor:
+    """x [M, K] (s's dtype) @ (q[:, :K] * s[:, None]).T -> [M, N] through a CPU kernel (x padded to Kp):
+    ours on tiled weights (fp32 accumulation, result fp32), else torch's _weight_int8pack_mm."""
     k, kp = x.shape[1], q.shape[1]
-    return _INT8(F.pad(x, (0, kp - k)) if kp != k else x.contiguous(), q, s)
+    x = F.pad(x, (0, kp - k)) if kp != k else x.contiguous()
+    if tiled:
+        _tiled_ext()  # built and registered as torch.ops.qwenvl.int8_gemv
+        return torch.ops.qwenvl.int8_gemv(x, q, s).to(x.dtype)
+    return _INT8(x, q, s)
 
 
 def _scratch(name: str, dtype: torch.dtype, device: torch.device, numel: int) -> torch.Tensor:
@@ -116,26 +147,33 @@ def _row_blocks(n: int, k: int, max_elems: int, multiple: int) -> int:
     return _round_up(-(-n // blocks), multiple)
 
 
-def int8_dequant_mm(x: torch.Tensor, q: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+def int8_dequant_mm(x: torch.Tensor, q: torch.Tensor, s: torch.Tensor, tiled: bool = False) -> torch.Tensor:
     """The same product as a GEMM on the exact q (int8 fits bf16), output columns scaled after; blocks of
-    <= _DEQUANT_ELEMS weights converted into a reused buffer. Any device."""
-    k, n = x.shape[1], q.shape[0]
-    rows = _row_blocks(n, k, _DEQUANT_ELEMS, 16)
-    buf = _scratch("weight", x.dtype, x.device, min(rows, n) * k)
+    <= _DEQUANT_ELEMS weights converted (and, for tiled weights, put back in row order) into a reused
+    buffer. Any device."""
+    k, (n, kp) = x.shape[1], q.shape
+    x = F.pad(x, (0, kp - k)) if kp != k else x  # zero columns meet q's zero columns
+    rows = _row_blocks(n, kp, _DEQUANT_ELEMS, 16)
+    buf = _scratch("weight", x.dtype, x.device, min(rows, n) * kp)
     outs = []
     for r in range(0, n, rows):
         c = min(rows, n - r)
-        w = buf[:c * k].view(c, k)
-        w.copy_(q[r:r + c, :k])
+        w = buf[:c * kp].view(c, kp)
+        if tiled:  # c is a multiple of 16 or the last block: a whole number of 4-row tiles either way
+            w.view(-1, TILE_ROWS, kp // 32, 32).copy_(q[r:r + c].view(-1, kp // 32, TILE_ROWS, 32).transpose(1, 2))
+        else:
+            w.copy_(q[r:r + c])
         outs.append(F.linear(x, w))
     return (torch.cat(outs, 1) if len(outs) > 1 else outs[0]) * s
 
 
-def int8_mm(x: torch.Tensor, q: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-    """Kernel below INT8_DEQUANT_ROWS rows on CPU, else dequantize + GEMM."""
+def int8_mm(x: torch.Tensor, q: torch.Tensor, s: torch.Tensor, n: int, tiled: bool = False) -> torch.Tensor:
+    """x [M, K] @ w.T -> [M, n]: a kernel below INT8_DEQUANT_ROWS rows on CPU, else dequantize + GEMM."""
     if x.device.type == "cpu" and x.shape[0] < INT8_DEQUANT_ROWS:
-        return int8_kernel_mm(x, q, s)
-    return int8_dequant_mm(x, q, s)
+        y = int8_kernel_mm(x, q, s, tiled)
+    else:
+        y = int8_dequant_mm(x, q, s, tiled)
+    return y[:, :n] if y.shape[1] != n else y
 
 
 # ---------------------------------------------------------------------------------------------
@@ -252,25 +290,35 @@ def int4_mm(x: torch.Tensor, packed: torch.Tensor, sz: torch.Tensor, group: int,
     return y[:, :n] if y.shape[1] != n else y
 
 
-def _quantize(w: torch.Tensor, mode: str, group: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+def use_tiled(mode: str, device: torch.device) -> bool:
+    """Whether int8 weights on `device` go in the tiled layout of our CPU kernel (built and usable here)."""
+    return mode == "int8" and device.type == "cpu" and _tiled_ext() is not None
+
+
+def _quantize(w: torch.Tensor, mode: str, group: int, dtype: torch.dtype,
+              tiled: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """One [N, K] matrix, 1024 rows at a time: the fp32 / int32 temporaries of a 151936-row lm_head would
     take GBs. Packing row blocks that are multiples of the kernel's 32 / 64-row blocks and concatenating
     them gives the same bytes as packing the whole (each packed block is contiguous, in row order)."""
     parts = [quantize_int8(c, dtype) if mode == "int8" else quantize_int4(c, group, dtype) for c in w.split(1024)]
     if len(parts) == 1:
-        return parts[0]
-    q = torch.cat([q for q, _ in parts])
-    return (q, torch.cat([s for _, s in parts])) if mode == "int8" else (q, torch.cat([s for _, s in parts], 1))
+        q, s = parts[0]
+    else:
+        q = torch.cat([q for q, _ in parts])
+        s = torch.cat([s for _, s in parts]) if mode == "int8" else torch.cat([s for _, s in parts], 1)
+    return tile_int8(q, s) if tiled else (q, s)
 
 
-def _qmm(x: torch.Tensor, q: torch.Tensor, s: torch.Tensor, mode: str, group: int, n: int) -> torch.Tensor:
-    return int8_mm(x, q, s) if mode == "int8" else int4_mm(x, q, s, group, n)
+def _qmm(x: torch.Tensor, q: torch.Tensor, s: torch.Tensor, mode: str, group: int, n: int,
+         tiled: bool = False) -> torch.Tensor:
+    return int8_mm(x, q, s, n, tiled) if mode == "int8" else int4_mm(x, q, s, group, n)
 
 
-def _dequantize(q: torch.Tensor, s: torch.Tensor, mode: str, group: int, n: int, k: int) -> torch.Tensor:
+def _dequantize(q: torch.Tensor, s: torch.Tensor, mode: str, group: int, n: int, k: int,
+                tiled: bool = False) -> torch.Tensor:
     """The [n, k] weight one quantized matrix stands for, in the compute dtype (tests, debugging)."""
     if mode == "int8":
-        return q[:, :k].to(s.dtype) * s[:, None]
+        return ((untile_int8(q) if tiled else q)[:n, :k].to(s.dtype) * s[:n, None])
     wt = int4_dequantize(q, s, group)
     if wt is None:  # unknown packed layout: let the kernel dequantize (x = identity)
         wt = _INT4(torch.eye(s.shape[0] * group, dtype=s.dtype), q, group, s)
@@ -288,17 +336,20 @@ def _nbytes(*ts: torch.Tensor) -> int:
 class QuantLinear(nn.Module):
     """Stand-in for nn.Linear with a weight-only quantized weight: x [..., K] -> [..., N] in x's dtype.
 
-    Buffers: int8 qweight [N, Kp] int8 (Kp: K rounded up to 16), scales [N]; int4 qweight [Np, Kp/2]
+    Buffers: int8 qweight [N, Kp] int8 (Kp: K rounded up to 32), scales [N] (tiled: [Np, Kp] in tile
+    order, Np = N rounded up to 4, when our CPU kernel is built: see tile_int8); int4 qweight [Np, Kp/2]
     uint8 (kernel layout), scales [Kp/G, Np, 2] (scale, zero). scales.dtype is the compute dtype; bias
     keeps the model dtype.
     """
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, mode: str, group_size: int,
-                 compute_dtype: torch.dtype) -> None:
+                 compute_dtype: torch.dtype, tiled: bool | None = None) -> None:
+        """tiled: None = the tiled int8 layout wherever our kernel is usable (use_tiled); False = torch's."""
         super().__init__()
         self.out_features, self.in_features = weight.shape
         self.mode, self.group_size = mode, group_size
-        q, s = _quantize(weight.detach(), mode, group_size, compute_dtype)
+        self.tiled = use_tiled(mode, weight.device) if tiled is None else tiled
+        q, s = _quantize(weight.detach(), mode, group_size, compute_dtype, self.tiled)
         self.register_buffer("qweight", q)
         self.register_buffer("scales", s)
         self.register_buffer("bias", None if bias is None else bias.detach().clone())
@@ -308,7 +359,7 @@ class QuantLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = _qmm(x.reshape(-1, x.shape[-1]).to(self.scales.dtype), self.qweight, self.scales, self.mode,
-                 self.group_size, self.out_features).to(x.dtype)
+                 self.group_size, self.out_features, self.tiled).to(x.dtype)
         if self.bias is not None:
             y = y + self.bias
         return y.view(*x.shape[:-1], self.out_features)
@@ -316,11 +367,12 @@ class QuantLinear(nn.Module):
     def dequantize(self) -> torch.Tensor:
         """The weight [N, K] this module computes with (the compute dtype)."""
         return _dequantize(self.qweight, self.scales, self.mode, self.group_size, self.out_features,
-                           self.in_features)
+                           self.in_features, self.tiled)
 
     def extra_repr(self) -> str:
         g = f", group_size={self.group_size}" if self.mode == "int4" else ""
-        return f"in_features={self.in_features}, out_features={self.out_features}, {self.mode}{g}"
+        t = ", tiled" if self.tiled else ""
+        return f"in_features={self.in_features}, out_features={self.out_features}, {self.mode}{g}{t}"
 
 
 class QuantExperts(nn.Module):
@@ -341,10 +393,11 @@ class QuantExperts(nn.Module):
         self.num_experts, self.act = experts.num_experts, experts.act
         self.mode, self.group_size = mode, group_size
         self.inter, self.hidden = experts.down_proj.shape[2], experts.down_proj.shape[1]
+        self.tiled = use_tiled(mode, experts.down_proj.device)
         for name in ("gate_up", "down"):
             w = getattr(experts, name + "_proj").detach()
             # expert by expert: one expert's fp32 temporaries at a time
-            qs = [_quantize(w[e], mode, group_size, compute_dtype) for e in range(w.shape[0])]
+            qs = [_quantize(w[e], mode, group_size, compute_dtype, self.tiled) for e in range(w.shape[0])]
             self.register_buffer(name + "_q", torch.stack([q for q, _ in qs]))
             self.register_buffer(name + "_s", torch.stack([s for _, s in qs]))
 
@@ -360,10 +413,10 @@ class QuantExperts(nn.Module):
         for e, n in enumerate(counts):
             if n:
                 gu = _qmm(xs[start:start + n], self.gate_up_q[e], self.gate_up_s[e], self.mode, self.group_size,
-                          2 * self.inter)
+                          2 * self.inter, self.tiled)
                 gate, up = gu.chunk(2, dim=-1)
                 outs.append(_qmm(self.act(gate) * up, self.down_q[e], self.down_s[e], self.mode, self.group_size,
-                                 self.hidden))
+                                 self.hidden, self.tiled))
                 start += n
         y = torch.cat(outs) * weights.reshape(-1)[order, None]
         return x.new_zeros(x.shape).index_add(0, token, y.to(x.dtype))
@@ -371,9 +424,11 @@ class QuantExperts(nn.Module):
     def dequantize(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(gate_up [E, 2I, H], down [E, H, I]) as MoeExperts holds them, in the compute dtype."""
         m, g = self.mode, self.group_size
-        gate_up = [_dequantize(q, s, m, g, 2 * self.inter, self.hidden)
+        t = self.tiled
+        gate_up = [_dequantize(q, s, m, g, 2 * self.inter, self.hidden, t)
                    for q, s in zip(self.gate_up_q, self.gate_up_s, strict=True)]
-        down = [_dequantize(q, s, m, g, self.hidden, self.inter) for q, s in zip(self.down_q, self.down_s, strict=True)]
+        down = [_dequantize(q, s, m, g, self.hidden, self.inter, t)
+                for q, s in zip(self.down_q, self.down_s, strict=True)]
         return torch.stack(gate_up), torch.stack(down)
 
     def extra_repr(self) -> str:

@@ -37,7 +37,7 @@ BF16_SLACK = 0.006
 def predicted_rel_error(lin: Q.QuantLinear, x: torch.Tensor, y_ref: torch.Tensor) -> float:
     k, n = lin.in_features, lin.out_features
     if lin.mode == "int8":
-        step = lin.scales.float()[:, None].expand(n, k)
+        step = lin.scales[:n].float()[:, None].expand(n, k)
     else:  # scales [Kp/G, Np, 2]: the step of weight (n, j) is scales[j // G, n, 0]
         step = lin.scales[..., 0].float().repeat_interleave(lin.group_size, 0)[:k, :n].T
     var = (x.float() ** 2) @ (step**2 / 12).T  # [M, N]
@@ -56,7 +56,8 @@ def test_linear_error_is_the_predicted_quantization_error(mode, group, n, k, row
     w, b = torch.randn(n, k, generator=g), torch.randn(n, generator=g)
     x = torch.randn(1, rows, k, generator=g)  # [B, T, K]: leading dims are kept
     lin = Q.QuantLinear(w, b, mode, group or 128, torch.bfloat16)
-    assert lin.padded == (mode == "int4" and (n % 16 != 0 or k % group != 0) or mode == "int8" and k % 16 != 0)
+    int8_pad = k % 32 != 0 or lin.tiled and n % Q.TILE_ROWS != 0
+    assert lin.padded == (mode == "int4" and (n % 16 != 0 or k % group != 0) or mode == "int8" and int8_pad)
     y, ref = lin(x), x @ w.T + b
     assert y.shape == ref.shape and y.dtype == torch.float32
     measured = ((y - ref).norm() / (ref - b).norm()).item()
@@ -64,22 +65,60 @@ def test_linear_error_is_the_predicted_quantization_error(mode, group, n, k, row
     assert 0.7 * pred <= measured <= 1.25 * pred + BF16_SLACK, (measured, pred)
 
 
-@pytest.mark.parametrize("mode,group", [("int8", 0), ("int4", 64)])
-def test_kernel_and_dequantized_paths_agree(mode, group):
+@pytest.mark.parametrize("mode,group,tiled", [("int8", 0, False), ("int8", 0, True), ("int4", 64, False)],
+                         ids=["int8-torch", "int8-tiled", "int4"])
+def test_kernel_and_dequantized_paths_agree(mode, group, tiled):
     """Both paths multiply by the same quantized weight: they differ by bf16 rounding only (<= 1%)."""
+    if tiled:
+        require_tiled_kernel()
     g = torch.Generator().manual_seed(5)
-    w, x = torch.randn(200, 192, generator=g), torch.randn(80, 192, generator=g).bfloat16()
-    lin = Q.QuantLinear(w, None, mode, group or 128, torch.bfloat16)
+    w, x = torch.randn(202, 192, generator=g), torch.randn(80, 192, generator=g).bfloat16()
+    lin = Q.QuantLinear(w, None, mode, group or 128, torch.bfloat16, tiled=tiled)
     if mode == "int8":
-        kern, deq = Q.int8_kernel_mm(x, lin.qweight, lin.scales), Q.int8_dequant_mm(x, lin.qweight, lin.scales)
+        q, s = lin.qweight, lin.scales
+        kern, deq = Q.int8_kernel_mm(x, q, s, tiled)[:, :202], Q.int8_dequant_mm(x, q, s, tiled)[:, :202]
     else:
         if Q._int4_block_n() is None:
             pytest.skip("int4 packed layout of this torch build is not known: kernel only")
-        kern = Q.int4_kernel_mm(x, lin.qweight, lin.scales, group)[:, :200]
-        deq = Q.int4_dequant_mm(x, lin.qweight, lin.scales, group)[:, :200]
+        kern = Q.int4_kernel_mm(x, lin.qweight, lin.scales, group)[:, :202]
+        deq = Q.int4_dequant_mm(x, lin.qweight, lin.scales, group)[:, :202]
     fake = x.float() @ lin.dequantize().float().T
     for y in (kern, deq):
         assert ((y.float() - fake).norm() / fake.norm()).item() < 0.01
+
+
+def require_tiled_kernel() -> None:
+    """The tiled int8 kernel must build wherever the CPU has AVX-512 (a compiler and ninja come with the test
+    extras and .ci/run): a build failure there fails the test; only a CPU without AVX-512 skips."""
+    from qwenvl.engine import cpu_kernels
+
+    why = cpu_kernels.unavailable_reason()
+    if why and why.startswith("the CPU lacks"):
+        pytest.skip(why)
+    ext, how = cpu_kernels.int8_gemv()
+    assert ext is not None, how
+
+
+def test_tiled_int8_kernel_is_exact_fp32_over_the_tile_layout():
+    """Our kernel against the exact fp32 product of the same int8 weight, over ragged shapes (N not a
+    multiple of 4, K not of 32, M from 1 to 15 rows); the tile order round-trips; the layout is what
+    int8_gemv.cpp reads (tile t, column block b: rows 4t..4t+3, columns 32b..32b+31)."""
+    require_tiled_kernel()
+    g = torch.Generator().manual_seed(11)
+    for n, k, m in [(4, 32, 1), (17, 24, 3), (130, 272, 15), (1536, 1536, 1)]:
+        w = torch.randn(n, k, generator=g)
+        q, s = Q.quantize_int8(w, torch.bfloat16)
+        qt, st = Q.tile_int8(q, s)
+        assert qt.shape[0] % 4 == 0 and torch.equal(Q.untile_int8(qt)[:n], q)
+        kp = q.shape[1]
+        if kp >= 64:
+            assert torch.equal(qt.view(-1, kp // 32, 4, 32)[0, 1, 2], q[2, 32:64])
+        x = torch.randn(m, k, generator=g)
+        want = x @ (q[:, :k].float() * s.float()[:, None]).T
+        got = Q.int8_mm(x, qt, st, n, tiled=True).float()
+        assert got.shape == (m, n)
+        # fp32 accumulation of exact int8 * fp32 products: only summation order differs
+        assert ((got - want).abs().max() / want.abs().max()).item() < 1e-5
 
 
 def test_int4_unpack_inverts_the_cpu_packing_and_row_blocks_pack_alike():
