@@ -129,7 +129,7 @@ def load_ours(ckpt: str, row: str):
     from qwenvl.engine.quant import quantize_model
     from qwenvl.weights import load_model
 
-    kind = row.removeprefix("ours-")
+    kind = row.removeprefix("ours-").removesuffix("+compile")
     dtype = {"auto": auto_dtype("cpu")[0], "fp32": torch.float32}.get(kind, torch.bfloat16)
     model = load_model(ckpt, dtype)
     if kind in ("int8", "int4"):
@@ -150,7 +150,7 @@ def run_engine(engine, inps, params) -> tuple[list, float, float]:
     return [h.result() for h in handles], time.perf_counter() - t0, all_first
 
 
-def measure_ours(model, dtype, repeats: int, wait) -> dict:
+def measure_ours(model, dtype, repeats: int, wait, compile: bool = False) -> dict:
     from qwenvl.engine.engine import Engine
     from qwenvl.engine.sampling import SamplingParams
 
@@ -166,7 +166,7 @@ def measure_ours(model, dtype, repeats: int, wait) -> dict:
             model.encode_images(px, [grid])
             out["vit"].append(time.perf_counter() - t0)
     for r in range(repeats + 1):  # the first round warms up
-        eng = Engine(model, n_slots=2, max_len=1024, vision_cache_bytes=256 << 20)
+        eng = Engine(model, n_slots=2, max_len=1024, vision_cache_bytes=256 << 20, compile=compile)
         wait()
         # TTFT = the call's wall time less the decode after the first token (so it includes building
         # the positions, as transformers' generate does inside)
@@ -186,18 +186,19 @@ def measure_ours(model, dtype, repeats: int, wait) -> dict:
     assert [g[1:] for _, g in images] == BATCH8_GRIDS, [g for _, g in images]
     batch = [inputs(model, image_prompt(g[1] * g[2] // 4, i), [(p, g)]) for i, (p, g) in enumerate(images)]
     texts = [inputs(model, text_prompt(100 + i), []) for i in range(16)]
-    for _ in range(repeats):
-        eng = Engine(model, n_slots=16, max_len=512, vision_cache_bytes=0, prefix_cache=False)
+    for r in range(repeats + compile):  # compiled: a first round compiles the batched graph
+        eng = Engine(model, n_slots=16, max_len=512, vision_cache_bytes=0, prefix_cache=False, compile=compile)
         wait()
         gens, wall, _ = run_engine(eng, batch, greedy)
         assert all(len(g.token_ids) == NEW for g in gens)
-        out["batch8"].append(wall)
         wait()
-        gens, wall, first = run_engine(eng, texts, greedy)
-        out["conc16_agg"].append(16 * (NEW - 1) / (wall - first))
+        _, wall16, first16 = run_engine(eng, texts, greedy)
         wait()
-        gens, wall, first = run_engine(eng, texts[:1], greedy)
-        out["batch1_decode"].append((NEW - 1) / (wall - first))
+        _, wall1, first1 = run_engine(eng, texts[:1], greedy)
+        if r >= compile:
+            out["batch8"].append(wall)
+            out["conc16_agg"].append(16 * (NEW - 1) / (wall16 - first16))
+            out["batch1_decode"].append((NEW - 1) / (wall1 - first1))
     out["batch8_prompt_tokens"] = sum(len(b.input_ids) for b in batch)
     return out
 
@@ -248,7 +249,7 @@ def measure_hf(ckpt: str, dtype: torch.dtype, repeats: int, wait) -> dict:
 # the tiny default model
 
 
-def measure_tiny(repeats: int, wait) -> dict:
+def measure_tiny(repeats: int, wait, compile: bool = False) -> dict:
     from transformers import Qwen2_5_VLForConditionalGeneration
 
     from qwenvl.engine.engine import Engine
@@ -262,7 +263,7 @@ def measure_tiny(repeats: int, wait) -> dict:
     ids = [t % ours.cfg.text.vocab_size for t in text_prompt(3)]
     inp = inputs(ours, ids, [])
     n = 64
-    out: dict = {"dtype": str(dtype), "ours": [], "hf": []}
+    out: dict = {"dtype": str(dtype), "compile": compile, "ours": [], "hf": []}
     ids_t = torch.tensor([ids])
 
     def hf_generate(k: int) -> float:
@@ -274,7 +275,8 @@ def measure_tiny(repeats: int, wait) -> dict:
 
     for r in range(repeats + 1):  # the first round warms up
         wait()
-        g = Engine(ours, n_slots=1, max_len=len(ids) + n).generate(inp, SamplingParams(max_new_tokens=n))
+        eng = Engine(ours, n_slots=1, max_len=len(ids) + n, compile=compile)
+        g = eng.generate(inp, SamplingParams(max_new_tokens=n))
         wait()
         t_1, t_n = hf_generate(1), hf_generate(n)  # decode = the n - 1 steps after the first token
         if r:
@@ -332,7 +334,9 @@ def fmt(x, nd: int = 2) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--ckpt", default=DEFAULT_CKPT)
-    ap.add_argument("--rows", default=",".join(OURS + HF + LLAMA + ("tiny",)))
+    ap.add_argument("--rows", default=",".join(("ours-bf16", "ours-fp32", "ours-int8", "ours-int4", "ours-auto")
+                                               + HF + LLAMA + ("tiny", "tiny+compile")),
+                    help="comma-separated; an ours-* or tiny row + '+compile' runs Engine(compile=True)")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--llama-python", default="/tmp/llvenv/bin/python")
@@ -355,10 +359,14 @@ def main() -> None:
                      "auto": auto_dtype("cpu"), "int8_kernel": int8_gemv()[1], "rows": {}}
     for row in rows:
         log(f"row {row}")
+        same = {torch.bfloat16: "ours-bf16", torch.float32: "ours-fp32"}[auto_dtype("cpu")[0]]
+        if row == "ours-auto" and same in rows:  # auto is one of the explicit rows here: measured there
+            results["rows"][row] = {"same_as": same}
+            continue
         if row.startswith("ours-"):
             model, dtype = load_ours(args.ckpt, row)
             dec_bytes = decode_bytes(model)
-            res = measure_ours(model, dtype, args.repeats, wait)
+            res = measure_ours(model, dtype, args.repeats, wait, compile=row.endswith("+compile"))
             res["limit"] = limits(model, bw["roofline"], rates, torch.bfloat16 if row.endswith(("int8", "int4"))
                                   else dtype, dec_bytes)
             del model
@@ -368,9 +376,11 @@ def main() -> None:
         elif row.startswith("llama-"):
             if "llama" not in results:
                 results["llama"] = run_llama(args.llama_python, args.ckpt, args.repeats)
-            res = results["llama"].get(row.removeprefix("llama-"), {"error": results["llama"].get("error")})
-        elif row == "tiny":
-            res = measure_tiny(args.repeats, wait)
+            res = dict(results["llama"].get(row.removeprefix("llama-"), {"error": results["llama"].get("error")}))
+            if "decode_image" in res:  # ours decodes after the image prompt: compare the same
+                res["decode_text"], res["decode"] = res["decode"], res["decode_image"]
+        elif row in ("tiny", "tiny+compile"):
+            res = measure_tiny(args.repeats, wait, compile=row.endswith("+compile"))
         else:
             raise SystemExit(f"unknown row {row!r}")
         results["rows"][row] = res
@@ -393,7 +403,10 @@ def print_table(results: dict) -> None:
           "| batch-8 s (limit, %) | 16 concurrent tok/s (x batch-1) |")
     print("|---|---|---|---|---|---|---|")
     for row, r in results["rows"].items():
-        if row == "tiny" or "error" in r and len(r) == 1:
+        if "same_as" in r:
+            print(f"| {row} | = {r['same_as']} (what auto picks on this CPU) | | | | | |")
+            continue
+        if row.startswith("tiny") or "error" in r and len(r) == 1:
             continue
         lim = r.get("limit") or results["rows"].get(LIMIT_FROM.get(row, ""), {}).get("limit", {})
         vit, ttft = best(r["vit"], False) if r.get("vit") else None, best(r["ttft"], False) if r.get("ttft") else None
@@ -409,11 +422,12 @@ def print_table(results: dict) -> None:
         c16 = best(r["conc16_agg"], True) if r.get("conc16_agg") else None
         cell_c = f"{fmt(c16, 1)} ({c16 / best(r['batch1_decode'], True):.1f}x)" if c16 else "-"
         print(f"| {row} | {cell_v} | {cell_t} | {cell_d} | {cell_2} | {cell_b} | {cell_c} |")
-    tiny = results["rows"].get("tiny")
-    if tiny:
-        o, h = best(tiny["ours"], True), best(tiny["hf"], True)
-        print(f"\ntiny default model ({tiny['dtype']}), 64 greedy tokens, batch 1: ours {o:.1f} tok/s, transformers "
-              f"generate {h:.1f} tok/s ({o / h:.1f}x)")
+    for row in ("tiny", "tiny+compile"):
+        tiny = results["rows"].get(row)
+        if tiny:
+            o, h = best(tiny["ours"], True), best(tiny["hf"], True)
+            print(f"\n{row}: the default model ({tiny['dtype']}), 64 greedy tokens, batch 1: ours {o:.1f} tok/s, "
+                  f"transformers generate {h:.1f} tok/s ({o / h:.1f}x)")
     for row, r in results["rows"].items():
         if "error" in r:
             print(f"\n{row}: {r['error']}")

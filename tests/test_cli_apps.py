@@ -152,6 +152,7 @@ def test_info_prints_family_and_tokens(capsys):
     assert main(["info", V2]) == 0
     out = capsys.readouterr().out
     assert "family:      qwen2_5_vl" in out and "image tokens 448x448:" in out and "auto dtype:" in out
+    assert "int8 kernel: " in out
     assert main(["info", V1, "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     n_queries = qwenvl.load(V1).model.cfg.vision.n_queries

@@ -7,7 +7,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+
 from qwenvl import families
+from qwenvl.engine import cpu_kernels
 from qwenvl.engine.precision import auto_dtype
 from qwenvl.processing.image import smart_resize
 from qwenvl.train.freeze import param_group
@@ -38,8 +41,11 @@ def model_info(pipe: Any, device: str = "cpu", min_pixels: int | None = None, ma
     icfg = getattr(pipe.processor, "image_cfg", None)
     budget = ({"min_pixels": min_pixels or icfg.min_pixels, "max_pixels": max_pixels or icfg.max_pixels}
               if icfg is not None else {"image_size": cfg.vision.image_size})
+    no_kernel = cpu_kernels.unavailable_reason() if torch.device(device).type == "cpu" else "not a CPU"
     return {"family": cfg.family, "model_type": getattr(cfg, "model_type", cfg.family), "params": params,
-            "auto_dtype": str(dtype).removeprefix("torch."), "auto_dtype_reason": why, "image_budget": budget,
+            "auto_dtype": str(dtype).removeprefix("torch."), "auto_dtype_reason": why,
+            "int8_kernel": f"torch's ({no_kernel})" if no_kernel else "tiled (compiled at the first int8 load)",
+            "image_budget": budget,
             "image_tokens": {f"{w}x{h}": image_tokens(pipe, w, h, min_pixels, max_pixels) for w, h in SIZES}}
 
 
@@ -49,6 +55,7 @@ def format_info(info: dict) -> str:
              f"parameters:  total {p['total']:,} (vision {p['vision']:,}, adapter {p['adapter']:,}, "
              f"llm {p['llm']:,})",
              f"auto dtype:  {info['auto_dtype']} ({info['auto_dtype_reason']})",
+             f"int8 kernel: {info['int8_kernel']}",
              "image budget: " + ", ".join(f"{k}={v}" for k, v in info["image_budget"].items())]
     lines += [f"image tokens {k}: {v}" for k, v in info["image_tokens"].items()]
     return "\n".join(lines)

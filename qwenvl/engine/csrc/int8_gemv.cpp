@@ -13,6 +13,10 @@
 
 namespace {
 constexpr int64_t kRows = 4, kCols = 32;
+// software prefetch of the bytes ahead: into L1 2 KiB ahead, into L2 16 KiB ahead. The decoder's 196
+// matrices in a row streamed 11 GB/s with none, 15-17 GB/s with L1 only (4-8 KiB), 27-29 GB/s with both
+// (2-core Xeon, 2026-12-02; one-run comparisons, the host's speed drifted between runs)
+constexpr int64_t kPrefetchL1 = 2048, kPrefetchL2 = 16384;
 
 // One tile column of 4 rows against one x row: out[r] = sum_k tile[r, k] * x[k].
 inline void tile_dot(const int8_t* tile, int64_t k_total, const float* x, float* out) {
@@ -21,6 +25,11 @@ inline void tile_dot(const int8_t* tile, int64_t k_total, const float* x, float*
   for (int64_t k = 0; k < k_total; k += kCols) {
     const __m512 x0 = _mm512_loadu_ps(x + k), x1 = _mm512_loadu_ps(x + k + 16);
     const int8_t* p = tile + k * kRows;
+    // a step reads 128 bytes (4 rows x 32 columns): two cache lines per level
+    _mm_prefetch(reinterpret_cast<const char*>(p + kPrefetchL1), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(p + kPrefetchL1 + 64), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(p + kPrefetchL2), _MM_HINT_T1);
+    _mm_prefetch(reinterpret_cast<const char*>(p + kPrefetchL2 + 64), _MM_HINT_T1);
     for (int r = 0; r < kRows; ++r) {
       const __m512 w0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)(p + kCols * r))));
       const __m512 w1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)(p + kCols * r + 16))));
