@@ -74,6 +74,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from load_meter import QUIET, OtherLoad, QuietWaiter  # bench/load_meter.py: standard library only
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CKPT = "/tmp/qwenvl-bench/qwen2_5_vl_1p5b"
@@ -81,7 +82,6 @@ DEFAULT_TARBALL = "/tmp/llsrc/llama_cpp_python-0.3.36.tar.gz"
 FORMATS = {"BF16": "bf16", "Q8_0": "q8_0"}  # JSON key -> converter --outtype
 MMPROJ_TYPES = ("f16", "bf16", "f32")  # converter --outtype for --mmproj; f16 (default) is what llama.cpp publishes
 N_CTX, N_BATCH = 2048, 512
-QUIET = 0.2  # cores of other load above which a timing counts as disturbed (as bench/rooflines.py)
 
 # token ids (Qwen2 vocabulary), as in bench/bench_core.py and bench/bench_engine.py
 IM_START, IM_END, NL, USER, ASSISTANT = 151644, 151645, 198, 872, 77091
@@ -121,52 +121,6 @@ def stats(xs: list[float], higher_is_better: bool) -> dict[str, float] | None:
     if not xs:
         return None
     return {"best": max(xs) if higher_is_better else min(xs), "median": statistics.median(xs)}
-
-
-class OtherLoad:
-    """CPU other processes used while a block ran, in cores (bench/rooflines.OtherLoad without torch)."""
-
-    def __enter__(self) -> OtherLoad:
-        self.b0, self.o0, self.t0 = self._busy(), self._own(), time.perf_counter()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        dt = time.perf_counter() - self.t0
-        self.cores = max(0.0, (self._busy() - self.b0) - (self._own() - self.o0)) / dt
-
-    @staticmethod
-    def _busy() -> float:
-        v = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-        return (sum(v) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")  # all but idle and iowait
-
-    @staticmethod
-    def _own() -> float:
-        t = os.times()
-        return t.user + t.system
-
-
-class QuietWaiter:
-    """Before a timing, wait up to per_call s (budget s in all) for a 1 s window with <= QUIET cores of
-    other load, as bench/rooflines.QuietWaiter does: llama.cpp's spinning OpenMP threads slow down a lot
-    when another process takes one of the 2 cores."""
-
-    def __init__(self, budget: float, per_call: float) -> None:
-        self.left, self.per_call, self.waited = budget, per_call, 0.0
-
-    def __call__(self) -> bool:
-        t0 = time.perf_counter()
-        t_end = t0 + max(0.0, min(self.per_call, self.left))
-        ok = False
-        while time.perf_counter() < t_end:
-            with OtherLoad() as ol:
-                time.sleep(1.0)
-            if ol.cores <= QUIET:
-                ok = True
-                break
-        spent = time.perf_counter() - t0
-        self.left -= spent
-        self.waited += spent
-        return ok
 
 
 # ----------------------------------------------------------------------------------------------
