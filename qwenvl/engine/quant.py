@@ -110,10 +110,14 @@ def tile_int8(q: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     return q.view(-1, TILE_ROWS, kp // 32, 32).transpose(1, 2).contiguous().view(q.shape), s
 
 
+def _row_order(q: torch.Tensor) -> torch.Tensor:
+    """Tiled bytes [Np, Kp] (whole tiles) seen in row order: a [Np/4, 4, Kp/32, 32] view, no copy."""
+    return q.view(-1, q.shape[1] // 32, TILE_ROWS, 32).transpose(1, 2)
+
+
 def untile_int8(q: torch.Tensor) -> torch.Tensor:
     """The inverse of tile_int8's byte order: [Np, Kp] row-major int8 (a new tensor)."""
-    kp = q.shape[1]
-    return q.view(-1, kp // 32, TILE_ROWS, 32).transpose(1, 2).reshape(q.shape)
+    return _row_order(q).reshape(q.shape)
 
 
 def int8_kernel_mm(x: torch.Tensor, q: torch.Tensor, s: torch.Tensor, tiled: bool = False) -> torch.Tensor:
@@ -160,7 +164,7 @@ def int8_dequant_mm(x: torch.Tensor, q: torch.Tensor, s: torch.Tensor, tiled: bo
         c = min(rows, n - r)
         w = buf[:c * kp].view(c, kp)
         if tiled:  # c is a multiple of 16 or the last block: a whole number of 4-row tiles either way
-            w.view(-1, TILE_ROWS, kp // 32, 32).copy_(q[r:r + c].view(-1, kp // 32, TILE_ROWS, 32).transpose(1, 2))
+            w.view(-1, TILE_ROWS, kp // 32, 32).copy_(_row_order(q[r:r + c]))
         else:
             w.copy_(q[r:r + c])
         outs.append(F.linear(x, w))

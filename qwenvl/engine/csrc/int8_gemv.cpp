@@ -8,7 +8,6 @@
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <immintrin.h>
-#include <algorithm>
 #include <cstdint>
 
 namespace {
@@ -41,23 +40,9 @@ inline void tile_dot(const int8_t* tile, int64_t k_total, const float* x, float*
 }
 }  // namespace
 
-// q [N, K] int8 (N % 4 == 0, K % 32 == 0) -> the same bytes in tile order.
-torch::Tensor pack(const torch::Tensor& q) {
-  TORCH_CHECK(q.dim() == 2 && q.scalar_type() == torch::kInt8, "pack: q must be a 2-D int8 tensor");
-  const int64_t n = q.size(0), k = q.size(1);
-  TORCH_CHECK(n % kRows == 0 && k % kCols == 0, "pack: N must be a multiple of 4 and K of 32, got ", n, " x ", k);
-  return q.view({n / kRows, kRows, k / kCols, kCols}).permute({0, 2, 1, 3}).contiguous().view({n, k});
-}
-
-// The inverse of pack.
-torch::Tensor unpack(const torch::Tensor& p) {
-  const int64_t n = p.size(0), k = p.size(1);
-  return p.view({n / kRows, k / kCols, kRows, kCols}).permute({0, 2, 1, 3}).contiguous().view({n, k});
-}
-
-// x [M, K] float / bf16, p = pack(q) [N, K], s [N] float / bf16 -> [M, N] float.
+// x [M, K] float / bf16, p [N, K] int8 in tile order (quant.tile_int8), s [N] float / bf16 -> [M, N] float.
 torch::Tensor gemv(const torch::Tensor& x, const torch::Tensor& p, const torch::Tensor& s) {
-  TORCH_CHECK(p.scalar_type() == torch::kInt8 && p.is_contiguous(), "gemv: p must be contiguous int8 (pack's output)");
+  TORCH_CHECK(p.scalar_type() == torch::kInt8 && p.is_contiguous(), "gemv: p must be contiguous int8 (quant.tile_int8's output)");
   const auto xf = x.to(torch::kFloat).contiguous();
   const auto sf = s.to(torch::kFloat).contiguous();
   const int64_t m_total = xf.size(0), k = xf.size(1), n = p.size(0);
@@ -81,7 +66,5 @@ torch::Tensor gemv(const torch::Tensor& x, const torch::Tensor& p, const torch::
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("pack", &pack, "int8 [N, K] -> tile order");
-  m.def("unpack", &unpack, "tile order -> int8 [N, K]");
   m.def("gemv", &gemv, "x [M, K] @ (q * s).T from tile-ordered int8 weights");
 }
