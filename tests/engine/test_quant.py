@@ -44,18 +44,21 @@ def predicted_rel_error(lin: Q.QuantLinear, x: torch.Tensor, y_ref: torch.Tensor
     return math.sqrt(var.sum()) / y_ref.norm().item()
 
 
-LINEARS = [("int8", 0), ("int4", 32), ("int4", 64), ("int4", 128)]
+# (mode, group, tiled): tiled None = the default layout here (our tiled int8 kernel where it builds),
+# False = torch's int8 kernel, what a machine without AVX-512 or a compiler runs
+LINEARS = [("int8", 0, None), ("int8", 0, False), ("int4", 32, None), ("int4", 64, None), ("int4", 128, None)]
 
 
-@pytest.mark.parametrize("mode,group", LINEARS, ids=[f"{m}g{g}" for m, g in LINEARS])
+@pytest.mark.parametrize("mode,group,tiled", LINEARS,
+                         ids=[f"{m}g{g}" + ("-torch" if t is False else "") for m, g, t in LINEARS])
 @pytest.mark.parametrize("n,k", [(64, 128), (60, 100), (17, 24), (130, 272)])
 @pytest.mark.parametrize("rows", [1, 3, 70], ids=["gemv", "kernel", "dequant"])
-def test_linear_error_is_the_predicted_quantization_error(mode, group, n, k, rows):
+def test_linear_error_is_the_predicted_quantization_error(mode, group, tiled, n, k, rows):
     """Odd shapes are padded, not refused: N % 16, K % G and (int8 bf16 kernel) K % 16 need not be 0."""
     g = torch.Generator().manual_seed(n * k + rows)
     w, b = torch.randn(n, k, generator=g), torch.randn(n, generator=g)
     x = torch.randn(1, rows, k, generator=g)  # [B, T, K]: leading dims are kept
-    lin = Q.QuantLinear(w, b, mode, group or 128, torch.bfloat16)
+    lin = Q.QuantLinear(w, b, mode, group or 128, torch.bfloat16, tiled=tiled)
     int8_pad = k % 32 != 0 or lin.tiled and n % Q.TILE_ROWS != 0
     assert lin.padded == (mode == "int4" and (n % 16 != 0 or k % group != 0) or mode == "int8" and int8_pad)
     y, ref = lin(x), x @ w.T + b
