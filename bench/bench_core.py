@@ -37,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from bench_images import gradient_image
 from rooflines import (  # bench/rooflines.py (a script's folder is on sys.path)
     QUIET,
     OtherLoad,
@@ -60,14 +61,8 @@ METRICS = ("vit_ours", "vit_hf", "ttft_ours", "ttft_hf", "dec_ours", "dec_hf")
 
 
 def bench_image():
-    """A deterministic 448x448 RGB image (smooth gradients + noise, not a flat colour)."""
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[0:448, 0:448]
-    rgb = np.stack([xx * 255 / 447, yy * 255 / 447, (xx + yy) * 255 / 894], -1)
-    rgb = np.clip(rgb + rng.normal(0, 20, rgb.shape), 0, 255).astype(np.uint8)
-    return Image.fromarray(rgb, "RGB")
+    """The deterministic 448x448 RGB image (smooth gradients + noise, not a flat colour)."""
+    return gradient_image(448, 448)
 
 
 def image_inputs() -> tuple[torch.Tensor, tuple[int, int, int], str]:

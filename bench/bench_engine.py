@@ -40,12 +40,22 @@ from pathlib import Path
 import numpy as np
 import torch
 from bench_core import DEFAULT_CKPT, IMG, VE, VS, bench_image, prompt_ids, rope_spec, run_hf, vit_hf
-from rooflines import OtherLoad, QuietWaiter, lm_decode_bytes, machine_info, measure_bandwidth, prefill_flops, vit_flops
+from bench_images import gradient_image
+from rooflines import (
+    OtherLoad,
+    QuietWaiter,
+    lm_decode_bytes,
+    machine_info,
+    measure_bandwidth,
+    measure_gemm,
+    prefill_flops,
+    vit_flops,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "qwenvl" / "assets" / "qwenvl-tiny"
 BATCH8_GRIDS = [(32, 32), (24, 40), (40, 24), (28, 28), (16, 48), (32, 24), (20, 20), (36, 32)]
-OURS = ("ours-auto", "ours-bf16", "ours-fp32", "ours-int8", "ours-int4")
+OURS = ("ours-bf16", "ours-fp32", "ours-int8", "ours-int4", "ours-auto")  # auto last: it may alias one
 HF = ("hf-bf16", "hf-fp32")
 LLAMA = ("llama-BF16", "llama-Q8_0")
 # rows without a limit of their own take the one of ours in the same format (llama.cpp's Q8_0 stores
@@ -59,26 +69,9 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def gemm_rate(dtype: torch.dtype, n: int = 4096) -> float:
-    """GFLOP/s of an n^3 matmul in `dtype`, best of 5."""
-    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
-    a @ b
-    ts = []
-    for _ in range(5):
-        t0 = time.perf_counter()
-        a @ b
-        ts.append(time.perf_counter() - t0)
-    return 2 * n**3 / min(ts) / 1e9
-
-
 def image_of(h: int, w: int, seed: int):
-    """A deterministic RGB image of h x w patches (14 px each), smooth gradients + noise."""
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:14 * h, 0:14 * w]
-    rgb = np.stack([xx * 255 / xx.max(), yy * 255 / yy.max(), (xx + yy) * 255 / (xx.max() + yy.max())], -1)
-    return Image.fromarray(np.clip(rgb + rng.normal(0, 20, rgb.shape), 0, 255).astype(np.uint8), "RGB")
+    """The gradient image of h x w patches (14 px each)."""
+    return gradient_image(14 * w, 14 * h, seed)
 
 
 def pixels(img) -> tuple[torch.Tensor, tuple[int, int, int]]:
@@ -334,8 +327,7 @@ def fmt(x, nd: int = 2) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--ckpt", default=DEFAULT_CKPT)
-    ap.add_argument("--rows", default=",".join(("ours-bf16", "ours-fp32", "ours-int8", "ours-int4", "ours-auto")
-                                               + HF + LLAMA + ("tiny", "tiny+compile")),
+    ap.add_argument("--rows", default=",".join(OURS + HF + LLAMA + ("tiny", "tiny+compile")),
                     help="comma-separated; an ours-* or tiny row + '+compile' runs Engine(compile=True)")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
@@ -352,14 +344,14 @@ def main() -> None:
     wait()
     with OtherLoad() as ol:
         bw = measure_bandwidth()
-        rates = {torch.bfloat16: gemm_rate(torch.bfloat16), torch.float32: gemm_rate(torch.float32)}
+        rates = {torch.bfloat16: measure_gemm(dtype=torch.bfloat16), torch.float32: measure_gemm(dtype=torch.float32)}
     log(f"bandwidth {bw}, GEMM bf16 {rates[torch.bfloat16]:.0f} fp32 {rates[torch.float32]:.0f} GFLOP/s "
         f"(other load {ol.cores:.2f})")
     results: dict = {"info": info, "bandwidth": bw, "gemm": {str(k): v for k, v in rates.items()},
                      "auto": auto_dtype("cpu"), "int8_kernel": int8_gemv()[1], "rows": {}}
+    same = {torch.bfloat16: "ours-bf16", torch.float32: "ours-fp32"}[results["auto"][0]]
     for row in rows:
         log(f"row {row}")
-        same = {torch.bfloat16: "ours-bf16", torch.float32: "ours-fp32"}[auto_dtype("cpu")[0]]
         if row == "ours-auto" and same in rows:  # auto is one of the explicit rows here: measured there
             results["rows"][row] = {"same_as": same}
             continue
@@ -367,8 +359,7 @@ def main() -> None:
             model, dtype = load_ours(args.ckpt, row)
             dec_bytes = decode_bytes(model)
             res = measure_ours(model, dtype, args.repeats, wait, compile=row.endswith("+compile"))
-            res["limit"] = limits(model, bw["roofline"], rates, torch.bfloat16 if row.endswith(("int8", "int4"))
-                                  else dtype, dec_bytes)
+            res["limit"] = limits(model, bw["roofline"], rates, dtype, dec_bytes)  # int8 / int4 compute in bf16
             del model
         elif row.startswith("hf-"):
             dtype = torch.float32 if row.endswith("fp32") else torch.bfloat16

@@ -50,7 +50,7 @@ auto (default) probes that in a child process and, if it crashes, loads every mo
 llama_model_params.use_extra_bufts = False; on x86 that changes nothing else for BF16 / Q8_0 (ggml's repack
 buffer has no layouts for them). The JSON records the choice and why (settings.use_extra_bufts[_why]).
 
-The image is bench_core.bench_image() re-implemented with numpy + PIL (448x448 gradients + rng(0) noise of
+The image is bench_core.bench_image() (bench/bench_images.py: 448x448 gradients + rng(0) noise of
 std 20), saved as PNG in --work and read by mtmd_helper_bitmap_init_from_file (outside the timings).
 The multimodal path is llama.cpp's libmtmd through llama_cpp.mtmd_cpp's ctypes bindings; if it fails, the
 format's numbers carry "image_error" and the text-only numbers are still reported.
@@ -74,6 +74,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from bench_images import gradient_image  # numpy + PIL only, like load_meter
 from load_meter import QUIET, OtherLoad, QuietWaiter  # bench/load_meter.py: standard library only
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -283,14 +284,8 @@ def convert_all(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
 
 def bench_image(path: Path) -> Path:
-    """bench_core.bench_image(): 448x448 RGB, smooth gradients + N(0, 20) noise from default_rng(0)."""
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[0:448, 0:448]
-    rgb = np.stack([xx * 255 / 447, yy * 255 / 447, (xx + yy) * 255 / 894], -1)
-    rgb = np.clip(rgb + rng.normal(0, 20, rgb.shape), 0, 255).astype(np.uint8)
-    Image.fromarray(rgb, "RGB").save(path)  # PNG: lossless, so mtmd sees exactly these pixels
+    """bench_core.bench_image() as a PNG (lossless, so mtmd sees exactly these pixels)."""
+    gradient_image(448, 448).save(path)
     return path
 
 

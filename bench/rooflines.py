@@ -65,10 +65,10 @@ def measure_bandwidth() -> dict:
     return out
 
 
-def measure_gemm(n: int = 4096) -> float:
-    """bf16 GEMM GFLOP/s on an n x n x n matmul, best of 5."""
-    a = torch.randn(n, n).to(torch.bfloat16)
-    b = torch.randn(n, n).to(torch.bfloat16)
+def measure_gemm(n: int = 4096, dtype: torch.dtype = torch.bfloat16) -> float:
+    """GEMM GFLOP/s in `dtype` on an n x n x n matmul, best of 5."""
+    a = torch.randn(n, n).to(dtype)
+    b = torch.randn(n, n).to(dtype)
     return 2 * n**3 / _best(lambda: a @ b, 5) / 1e9
 
 
