@@ -21,6 +21,9 @@ Then the MoE experts (Qwen3-VL-30B-A3B sizes: E 128, H 2048, I 768, top-8, rando
 bf16 MoeExperts (grouped_mm), QuantExperts int8 / int4 (loop over the hit experts), and the alternative
 "dequantize the hit experts' int8 weights, then grouped_mm". Last, the relative output error of each
 scheme on a Gaussian 4096 x 4096 weight (fp32 reference) and its bits per weight.
+--rows sweeps the rows M of a batched decode step (1-32) on the 2B decoder's MLP shapes: bf16 F.linear, our
+tiled int8 kernel called at every M (whatever INT8_DEQUANT_ROWS says), torch's int8 kernel and dequantize +
+bf16 GEMM: where the kernel stops beating the GEMM is where INT8_DEQUANT_ROWS belongs.
 --model adds a whole Qwen2-VL-2B-shaped decoder (random bf16 weights built in memory): 256-token prefill
 and decode tok/s in bf16 / int8 (tiled, and torch's kernel) / int4. torchao is timed only if installed (it is
 not a dependency).
@@ -244,6 +247,41 @@ def bench_gemv(bw: float, wait: QuietWaiter) -> None:
         del ws
 
 
+def bench_rows(bw: float, wait: QuietWaiter) -> None:
+    """ms per call against the rows M of one step, on 8960 x 1536 and 1536 x 8960 (interleaved rounds, median)."""
+    import statistics
+
+    tiled = Q.use_tiled("int8", torch.device("cpu"))
+    from qwenvl.engine.cpu_kernels import int8_gemv
+
+    print(f"\nbatched decode rows (x [M, K] @ W.T), median of 5 interleaved rounds; tiled kernel: "
+          f"{'yes' if tiled else 'no (' + int8_gemv()[1] + ')'}")
+    for n, k in ((8960, 1536), (1536, 8960)):
+        w = torch.randn(n, k) * 0.02
+        wb = w.to(BF16)
+        q8, s8 = Q.quantize_int8(w, BF16)
+        qt, st = Q.tile_int8(q8, s8) if tiled else (None, None)
+        fns = {"bf16 F.linear": lambda x: F.linear(x, wb),
+               "int8 torch kernel": lambda x: Q.int8_kernel_mm(x, q8, s8),
+               "int8 dequant + GEMM": lambda x: Q.int8_dequant_mm(x, q8, s8)}
+        if tiled:
+            fns["int8 ours (tiled)"] = lambda x: Q.int8_kernel_mm(x, qt, st, tiled=True)
+        print(f"  {n} x {k} (W [N, K]), ms per call:")
+        print("    " + "M".rjust(4) + "".join(name.rjust(22) for name in fns))
+        for m in (1, 2, 4, 6, 8, 12, 16, 24, 32):
+            x = torch.randn(m, k).to(BF16)
+            times: dict[str, list[float]] = {name: [] for name in fns}
+            wait()
+            for _ in range(6):
+                for name, fn in fns.items():
+                    reps = 10
+                    t0 = time.perf_counter()
+                    for _ in range(reps):
+                        fn(x)
+                    times[name].append((time.perf_counter() - t0) / reps)
+            print("    " + f"{m:4d}" + "".join(f"{statistics.median(v[1:]) * 1e3:22.3f}" for v in times.values()))
+
+
 def bench_model(bw: float, wait: QuietWaiter, prompt: int = 256, steps: int = 24) -> None:
     """Prefill + greedy decode of a Qwen2-VL-2B-shaped decoder (bench/make_bench_checkpoint.py's config,
     random N(0, 0.02) bf16 weights built in memory, vision tower left on the meta device): bf16 / int8 / int4."""
@@ -316,6 +354,7 @@ def main() -> None:
     ap.add_argument("--model", action="store_true", help="also a whole 1.5B decoder, bf16 / int8 / int4 (+2 min)")
     ap.add_argument("--only-model", action="store_true", help="skip the matmul and MoE tables")
     ap.add_argument("--gemv", action="store_true", help="one-row bf16 F.linear vs torch.mv on the 2B shapes")
+    ap.add_argument("--rows", action="store_true", help="int8 kernels against bf16 over batched-decode rows 1-32")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -333,7 +372,7 @@ def main() -> None:
     print(f"INT8_DEQUANT_ROWS = {Q.INT8_DEQUANT_ROWS}, INT4_DEQUANT_ROWS = {Q.INT4_DEQUANT_ROWS}, "
           f"DEFAULT_GROUP_SIZE = {Q.DEFAULT_GROUP_SIZE}")
     with torch.no_grad():
-        if not args.only_model:
+        if not (args.only_model or args.rows):
             for m, k, n in ((1, 4096, 4096), (1, 4096, 11008), (8, 4096, 4096), (16, 4096, 4096), (64, 4096, 4096),
                             (256, 4096, 4096)):
                 bench_linear(m, k, n, bw, wait)
@@ -341,6 +380,8 @@ def main() -> None:
             accuracy()
         if args.gemv:
             bench_gemv(bw, wait)
+        if args.rows:
+            bench_rows(bw, wait)
         if args.model or args.only_model:
             bench_model(bw, wait)
     print(f"\nwaited {wait.waited:.0f} s for quiet windows")

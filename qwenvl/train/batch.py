@@ -36,12 +36,13 @@ class Batch:
     video_pixels: torch.Tensor | None = None
     video_grid: list[tuple[int, int, int]] = field(default_factory=list)
     dense: torch.Tensor | None = None  # [N_image_tokens, sub*sub, K] vision targets, image-token order
+    point: torch.Tensor | None = None  # [N_image_tokens] 1 / 0 / -1: the question's object (train/point.py)
 
     def to(self, device: torch.device | str) -> Batch:
         mv = lambda t: t.to(device) if t is not None else None
         return Batch(mv(self.input_ids), mv(self.labels), mv(self.positions), mv(self.key_valid),
                      mv(self.segment_ids), mv(self.image_pixels), self.image_grid, mv(self.video_pixels),
-                     self.video_grid, mv(self.dense))
+                     self.video_grid, mv(self.dense), mv(self.point))
 
     @property
     def num_targets(self) -> int:

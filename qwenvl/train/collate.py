@@ -93,6 +93,7 @@ def collate(examples: Sequence[TrainExample], pad_id: int, packing: bool = False
         image_pixels=_cat([x.image_pixels for x in ordered]), image_grid=[g for x in ordered for g in x.image_grid],
         video_pixels=_cat([x.video_pixels for x in ordered]), video_grid=[g for x in ordered for g in x.video_grid],
         dense=_cat([examples[i].dense for i in order]),
+        point=_cat([examples[i].point for i in order]),
     )
 
 

@@ -195,11 +195,15 @@ class AuxConfig:
     dense: float = 0.0  # weight of the dense vision targets (per-cell colour, shape, centres, glyphs); 0 = off
     dense_sub: int = 1  # cells per feature token along each side (2: one per ViT patch of a 2x2 merge)
     answer: float = 1.0  # weight of the answer cross-entropy; 0 = a vision-only stage (the decoder never runs)
+    point: float = 0.0  # weight of the pointing loss (train/point.py): answer attention onto the named object
+    point_layer: int = -1  # the decoder layer whose attention points; -1 = the middle one (num_layers // 2)
 
     def __post_init__(self) -> None:
         _check(self.dense >= 0 and self.answer >= 0, "aux.dense and aux.answer must be >= 0")
         _check(self.dense > 0 or self.answer > 0, "aux.dense and aux.answer cannot both be 0 (nothing to learn)")
         _check(1 <= self.dense_sub <= 4, "aux.dense_sub must be 1..4")
+        _check(self.point >= 0 and self.point_layer >= -1, "aux.point must be >= 0, aux.point_layer >= -1")
+        _check(self.point == 0 or self.answer > 0, "aux.point needs the decoder to run (aux.answer > 0)")
 
 
 @dataclass(frozen=True)
@@ -397,4 +401,7 @@ def config_hash(cfg: TrainConfig) -> str:
         d["run"].pop(k)
     if cfg.aux == AuxConfig():  # recipes from before [aux] keep their hash
         d.pop("aux")
+    elif cfg.aux.point == 0:  # and recipes from before aux.point keep theirs
+        d["aux"].pop("point")
+        d["aux"].pop("point_layer")
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]

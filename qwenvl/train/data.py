@@ -237,17 +237,19 @@ class SFTDataset(RecordDataset):
     (min_pixels, max_pixels) and chat-template variables (add_vision_id), passed to build_example.
     drop_media: remove image and video parts, so a decoder learns the chat text alone (stage 0).
     dense: (vision config, cells per token side) to attach train/dense.py targets from each record's meta.
+    point: the vision config, to attach train/point.py targets (the question's object) likewise.
     """
 
     def __init__(self, source: PathLike | Sequence[PathLike] | Sequence[dict], processor: Any, max_len: int, *,
                  seed: int = 0, shuffle: bool = True, image_root: PathLike | None = None,
                  keep: Callable[[dict], bool] | None = None, template_vars: dict | None = None,
-                 drop_media: bool = False, dense: tuple[Any, int] | None = None) -> None:
+                 drop_media: bool = False, dense: tuple[Any, int] | None = None, point: Any = None) -> None:
         super().__init__(load_entries(source, image_root, keep), max_len, seed=seed, shuffle=shuffle)
         self.processor = processor
         self.template_vars = dict(template_vars or {})
         self.drop_media = drop_media
         self.dense = dense
+        self.point = point
 
     @classmethod
     def by_task(cls, source: PathLike | Sequence[PathLike] | Sequence[dict], processor: Any, max_len: int,
@@ -269,6 +271,10 @@ class SFTDataset(RecordDataset):
             from qwenvl.train.dense import record_targets
 
             ex.dense = record_targets(entry.record.get("meta") or {}, ex.inputs, *self.dense)
+        if self.point is not None:
+            from qwenvl.train.point import record_point
+
+            ex.point = record_point(entry.record.get("meta") or {}, ex.inputs, self.point)
         return ex
 
     @staticmethod

@@ -124,6 +124,8 @@ def default_data(cfg: TrainConfig, split: str, model_cfg) -> DataSource | None:
         kw["drop_media"] = True
     if d.format == "chat" and cfg.aux.dense > 0:
         kw["dense"] = (model_cfg.vision, cfg.aux.dense_sub)
+    if d.format == "chat" and cfg.aux.point > 0:
+        kw["point"] = model_cfg.vision
     if d.format == "chat" and not family.fixed_resolution:
         budget = {k: v for k, v in (("min_pixels", d.min_pixels), ("max_pixels", d.max_pixels)) if v}
         kw["template_vars"] = budget or None
@@ -190,26 +192,46 @@ class LossModule(nn.Module):
     tower's parameters get (zero) gradients on every rank every step. With a training-only dense head
     (`model.aux_dense`, train/dense.py) and targets in the batch, its mean loss is added with weight
     `dense`, scaled by the batch's answer-token count so the loop's 1/targets normalisation leaves it a
-    mean; `answer` = 0 skips the decoder (a vision-only stage).
+    mean; `answer` = 0 skips the decoder (a vision-only stage). With `point` > 0 the pointing loss
+    (train/point.py) of decoder layer `point_layer` is added the same way.
     """
 
-    def __init__(self, model: nn.Module, dummy: tuple | None, dense: float = 0.0, answer: float = 1.0) -> None:
+    def __init__(self, model: nn.Module, dummy: tuple | None, dense: float = 0.0, answer: float = 1.0,
+                 point: float = 0.0, point_layer: int = -1) -> None:
         super().__init__()
         self.model = model
         self.dummy = dummy
-        self.dense, self.answer = dense, answer
-        self.last_aux: dict[str, float] = {}  # the last batch's dense-target accuracies (for the log)
+        self.dense, self.answer, self.point = dense, answer, point
+        self.last_aux: dict[str, float] = {}  # the last batch's dense-target accuracies / pointing mass (the log)
+        self.tap = None
+        if point > 0:
+            from qwenvl.train.point import PointTap
+
+            layers = model.model.layers
+            self.tap = PointTap(layers[point_layer if point_layer >= 0 else len(layers) // 2].self_attn)
 
     def forward(self, batch: Batch) -> torch.Tensor:
         head = getattr(self.model, "aux_dense", None)
         img, loss = None, None
+        self.last_aux = {}
         if head is not None and batch.dense is not None and batch.image_pixels is not None:
             img = self.model.encode_images(batch.image_pixels, batch.image_grid)
-            dense, self.last_aux = head(img, batch.dense)
+            dense, acc = head(img, batch.dense)
+            self.last_aux = {f"dense_{k}": v for k, v in acc.items()}
             loss = self.dense * dense * batch.num_targets
         if self.answer > 0:
             answer = self.answer * forward_loss(self.model, batch, reduction="sum", img=img)
             loss = answer if loss is None else loss + answer
+            if self.tap is not None:
+                saved = self.tap.take()
+                if batch.point is not None:
+                    from qwenvl.train.point import point_loss
+
+                    slots = self.model.placeholder_masks(batch.input_ids)[0]
+                    pl, mass = point_loss(self.tap.attn, saved, slots, batch.labels, batch.segment_ids, batch.point)
+                    if pl is not None:
+                        loss = loss + self.point * pl * batch.num_targets
+                        self.last_aux["point_mass"] = mass
         elif loss is None:  # vision-only stage, a batch without images for the head
             loss = torch.zeros((), requires_grad=True)
         if self.dummy is not None and self.training and batch.image_pixels is None and batch.video_pixels is None:
@@ -318,7 +340,7 @@ class _Run:
         if cfg.aux.dense > 0:
             self.say(attach_dense_head(self.model, cfg))
         self.loss_module = LossModule(self.model, dummy_vision_input(self.model.cfg) if vision_trains else None,
-                                      cfg.aux.dense, cfg.aux.answer)
+                                      cfg.aux.dense, cfg.aux.answer, cfg.aux.point, cfg.aux.point_layer)
         self.wrapped = wrap(self.loss_module, self.model, info, cfg.run.fsdp)
         self.optimizer = build_optimizer(self.model, cfg.optim)
         self.scheduler = WarmupCosine.from_config(self.optimizer, cfg.optim, cfg.schedule.max_steps)
@@ -537,7 +559,7 @@ class _Run:
                 bar.update(1)
                 if self.step % cfg.run.log_every == 0 or self.step == total:
                     dt = time.perf_counter() - t_log
-                    aux = {f"dense_{k}": v for k, v in self.loss_module.last_aux.items()}
+                    aux = self.loss_module.last_aux
                     self.metrics.log("train", self.step, loss=sum(window) / len(window), lr=lr, grad_norm=norm, **aux,
                                      tokens=self.tokens, tokens_per_s=tok_log / max(dt, 1e-9),
                                      elapsed_s=self.elapsed(), precision=self.precision)

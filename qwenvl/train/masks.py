@@ -53,6 +53,7 @@ class TrainExample:
     inputs: ModelInputs
     labels: list[int]
     dense: Any = None  # [N_image_tokens, sub*sub, K] training-only vision targets (train/dense.py), or None
+    point: Any = None  # [N_image_tokens] the question's object per image token (train/point.py), or None
 
     def __len__(self) -> int:
         return len(self.inputs.input_ids)

@@ -22,7 +22,8 @@ from qwenvl.train.dense import TARGETS
 
 COLUMNS = ("step", "split", "loss", "lr", "grad_norm", "tokens", "tokens_per_s", "elapsed_s", "precision",
            # train/dense.py target accuracies on the last batch (empty without aux.dense)
-           *(f"dense_{name}" for name, _ in TARGETS))
+           *(f"dense_{name}" for name, _ in TARGETS),
+           "point_mass")  # train/point.py: the pointing layer's attention mass on the named object
 
 
 class MetricsLog:

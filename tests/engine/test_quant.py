@@ -104,11 +104,13 @@ def require_tiled_kernel() -> None:
 
 def test_tiled_int8_kernel_is_exact_fp32_over_the_tile_layout():
     """Our kernel against the exact fp32 product of the same int8 weight, over ragged shapes (N not a
-    multiple of 4, K not of 32, M from 1 to 15 rows); the tile order round-trips; the layout is what
-    int8_gemv.cpp reads (tile t, column block b: rows 4t..4t+3, columns 32b..32b+31)."""
+    multiple of 4, K not of 32, M from 1 to 15 rows: every x-block width 1-6 the kernel dispatches on, and
+    blocks after a full one); the tile order round-trips; the layout is what int8_gemv.cpp reads (tile t,
+    column block b: rows 4t..4t+3, columns 32b..32b+31)."""
     require_tiled_kernel()
     g = torch.Generator().manual_seed(11)
-    for n, k, m in [(4, 32, 1), (17, 24, 3), (130, 272, 15), (1536, 1536, 1)]:
+    for n, k, m in [(4, 32, 1), (17, 24, 3), (130, 272, 15), (1536, 1536, 1), (64, 96, 2), (36, 64, 4),
+                    (20, 160, 5), (44, 96, 6), (28, 64, 7), (40, 128, 11)]:
         w = torch.randn(n, k, generator=g)
         q, s = Q.quantize_int8(w, torch.bfloat16)
         qt, st = Q.tile_int8(q, s)
