@@ -261,11 +261,11 @@ def bench_rows(bw: float, wait: QuietWaiter) -> None:
         wb = w.to(BF16)
         q8, s8 = Q.quantize_int8(w, BF16)
         qt, st = Q.tile_int8(q8, s8) if tiled else (None, None)
-        fns = {"bf16 F.linear": lambda x: F.linear(x, wb),
-               "int8 torch kernel": lambda x: Q.int8_kernel_mm(x, q8, s8),
-               "int8 dequant + GEMM": lambda x: Q.int8_dequant_mm(x, q8, s8)}
+        fns = {"bf16 F.linear": lambda x, wb=wb: F.linear(x, wb),
+               "int8 torch kernel": lambda x, q=q8, s=s8: Q.int8_kernel_mm(x, q, s),
+               "int8 dequant + GEMM": lambda x, q=q8, s=s8: Q.int8_dequant_mm(x, q, s)}
         if tiled:
-            fns["int8 ours (tiled)"] = lambda x: Q.int8_kernel_mm(x, qt, st, tiled=True)
+            fns["int8 ours (tiled)"] = lambda x, q=qt, s=st: Q.int8_kernel_mm(x, q, s, tiled=True)
         print(f"  {n} x {k} (W [N, K]), ms per call:")
         print("    " + "M".rjust(4) + "".join(name.rjust(22) for name in fns))
         for m in (1, 2, 4, 6, 8, 12, 16, 24, 32):

@@ -65,6 +65,24 @@ def _glyph_edges(text: str, font_name: str, size: int) -> tuple[float, ...]:
     return tuple(min(1.0, max(0.0, e)) for e in edges)
 
 
+def box_overlap(box: Sequence[float], x1: np.ndarray, y1: np.ndarray, cw: float, ch: float
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """(overlap area of box with each cell [x1, x1 + cw) x [y1, y1 + ch), whether that is a fair share): a box
+    counts for a cell when it fills a fair share (15%) of the cell or of itself."""
+    ox = np.clip(np.minimum(x1 + cw, box[2]) - np.maximum(x1, box[0]), 0, None)
+    oy = np.clip(np.minimum(y1 + ch, box[3]) - np.maximum(y1, box[1]), 0, None)
+    area = ox * oy
+    return area, area >= 0.15 * min(cw * ch, (box[2] - box[0]) * (box[3] - box[1]))
+
+
+def image_grids(inputs, vision_cfg) -> list[tuple[int, int, int]]:
+    """(t, rows, cols) of the feature tokens of each image of a record's ModelInputs ([] without images)."""
+    pixels = inputs.image_pixels
+    # v1 has no grids: one fixed-size image per row of pixels (token_grid reads its query grid)
+    grids = list(inputs.image_grid) or [(1, 0, 0)] * (0 if pixels is None else pixels.shape[0])
+    return [token_grid(vision_cfg, g) for g in grids]
+
+
 def image_targets(meta: dict, rows: int, cols: int) -> np.ndarray:
     """[rows * cols, len(TARGETS)] int64 targets for one image of a synth record (row-major cells).
 
@@ -86,12 +104,8 @@ def image_targets(meta: dict, rows: int, cols: int) -> np.ndarray:
     out[:, 1] = 0
 
     def cover(box: Sequence[float], cls: int) -> None:
-        ox = np.clip(np.minimum(cx2, box[2]) - np.maximum(cx1, box[0]), 0, None)
-        oy = np.clip(np.minimum(cy2, box[3]) - np.maximum(cy1, box[1]), 0, None)
-        area = ox * oy
-        # the object counts for the cell when it fills a fair share of the cell or of itself
-        fair = 0.15 * min(cw * ch, (box[2] - box[0]) * (box[3] - box[1]))
-        take = (area > best) & (area >= fair)
+        area, fair = box_overlap(box, cx1, cy1, cw, ch)
+        take = (area > best) & fair
         out[take, 0] = cls
         best[take] = area[take]
 
@@ -127,15 +141,12 @@ def record_targets(meta: dict, inputs, vision_cfg, sub: int) -> torch.Tensor | N
     feature order (None without images). Only a single-image record with known geometry gets real
     targets; the images of any other (multi-image, documents, no meta) are all IGNORE, so batches still
     line up."""
-    pixels = inputs.image_pixels
-    # v1 has no grids: one fixed-size image per row of pixels (token_grid reads its query grid)
-    grids = list(inputs.image_grid) or [(1, 0, 0)] * (0 if pixels is None else pixels.shape[0])
+    grids = image_grids(inputs, vision_cfg)
     if not grids:
         return None
     parts = []
     known = len(grids) == 1 and bool(meta.get("objects") or meta.get("text_box")) and "image_size" in meta
-    for g in grids:
-        t, rows, cols = token_grid(vision_cfg, g)
+    for t, rows, cols in grids:
         if known and t == 1:
             cells = image_targets(meta, rows * sub, cols * sub)  # [rows*sub * cols*sub, K]
         else:

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from qwenvl.model.rope import apply_rope
-from qwenvl.train.dense import token_grid
+from qwenvl.train.dense import box_overlap, image_grids
 
 
 def target_boxes(meta: dict) -> list[Sequence[float]]:
@@ -43,16 +43,14 @@ def target_boxes(meta: dict) -> list[Sequence[float]]:
 
 
 def box_cells(boxes: Sequence[Sequence[float]], image_size: Sequence[int], rows: int, cols: int) -> np.ndarray:
-    """[rows * cols] bool: cells (row-major) that a box covers by a fair share of the cell or of itself."""
+    """[rows * cols] bool: cells (row-major) that a box covers by a fair share (dense.box_overlap)."""
     w, h = image_size
     cw, ch = w / cols, h / rows
     ys, xs = np.divmod(np.arange(rows * cols), cols)
-    x1, y1 = xs * cw, ys * ch
     hit = np.zeros(rows * cols, dtype=bool)
     for b in boxes:
-        area = (np.clip(np.minimum(x1 + cw, b[2]) - np.maximum(x1, b[0]), 0, None)
-                * np.clip(np.minimum(y1 + ch, b[3]) - np.maximum(y1, b[1]), 0, None))
-        hit |= (area > 0) & (area >= 0.15 * min(cw * ch, (b[2] - b[0]) * (b[3] - b[1])))
+        area, fair = box_overlap(b, xs * cw, ys * ch, cw, ch)
+        hit |= (area > 0) & fair
     return hit
 
 
@@ -60,13 +58,11 @@ def record_point(meta: dict, inputs, vision_cfg) -> torch.Tensor | None:
     """[N_image_tokens] float for one record: 1 = covers the question's object, 0 = another cell of the
     same image, -1 = no target known (any other record: multi-image, video, no geometry). None without
     images, so batches line up with their image tokens."""
-    pixels = inputs.image_pixels
-    grids = list(inputs.image_grid) or [(1, 0, 0)] * (0 if pixels is None else pixels.shape[0])
-    if not grids:
+    cells = image_grids(inputs, vision_cfg)
+    if not cells:
         return None
-    cells = [token_grid(vision_cfg, g) for g in grids]
     n = sum(t * r * c for t, r, c in cells)
-    boxes = target_boxes(meta) if len(grids) == 1 and "image_size" in meta else []
+    boxes = target_boxes(meta) if len(cells) == 1 and "image_size" in meta else []
     t, rows, cols = cells[0]
     if not boxes or t != 1:
         return torch.full((n,), -1.0)
@@ -110,11 +106,10 @@ def point_loss(attn: torch.nn.Module, saved: tuple[torch.Tensor, torch.Tensor, t
     if not bool(known.any()):
         return None, 0.0
     ir, ic, tgt = ir[known], ic[known], point[known] > 0
-    # answer positions: p predicts labels[p + 1]; keep those whose sample has a known target
+    # answer positions: p predicts labels[p + 1]; keep those whose sample (row, segment) has a known target
     qr, qc = (labels[:, 1:] != -100).nonzero(as_tuple=True)
-    key_of = {(int(r), int(s)) for r, s in zip(ir.tolist(), seg[ir, ic].tolist(), strict=True)}
-    keep = torch.tensor([(int(r), int(s)) in key_of for r, s in zip(qr.tolist(), seg[qr, qc].tolist(), strict=True)],
-                        dtype=torch.bool, device=x.device)
+    sample = lambda r, c: r * (t + 1) + seg[r, c]  # segment ids are <= t
+    keep = torch.isin(sample(qr, qc), sample(ir, ic))
     if not bool(keep.any()):
         return None, 0.0
     qr, qc = qr[keep], qc[keep]
@@ -127,7 +122,7 @@ def point_loss(attn: torch.nn.Module, saved: tuple[torch.Tensor, torch.Tensor, t
     k = apply_rope(k.float(), cos[ir, ic][:, None].float(), sin[ir, ic][:, None].float())
     k = k.repeat_interleave(h // kv, dim=1)  # GQA: each query head reads its group's key head
     scores = torch.einsum("qhd,khd->hqk", q, k) / d ** 0.5  # [H, Q, K]
-    same = (qr[:, None] == ir[None]) & (seg[qr, qc][:, None] == seg[ir, ic][None])  # [Q, K]: its own image
+    same = sample(qr, qc)[:, None] == sample(ir, ic)[None]  # [Q, K]: its own image
     probs = scores.masked_fill(~same, float("-inf")).softmax(-1).mean(0)  # [Q, K], mean over heads
     mass = (probs * tgt[None].float()).sum(-1)
     return -(mass.clamp_min(1e-6).log()).mean(), float(mass.detach().mean())

@@ -11,8 +11,7 @@ import torch
 import qwenvl.model.decoder as decoder
 from qwenvl.families import from_hf_dict
 from qwenvl.inputs import ModelInputs
-from qwenvl.model.attention import build_causal_mask
-from qwenvl.train.batch import IGNORE
+from qwenvl.train.batch import IGNORE, forward_loss
 from qwenvl.train.collate import collate
 from qwenvl.train.config import AuxConfig
 from qwenvl.train.point import PointTap, box_cells, point_loss, record_point, target_boxes
@@ -24,8 +23,9 @@ def test_target_boxes_per_task():
             {"shape": "circle", "colour": "blue", "box": [20, 0, 30, 10]},
             {"shape": "square", "colour": "red", "box": [40, 0, 50, 10]}]
     assert target_boxes({"target": [1, 2, 3, 4], "objects": objs}) == [[1, 2, 3, 4]]  # VQA: the object asked about
-    assert target_boxes({"target": {"shape": "circle", "colour": None}, "objects": objs}) == [[0, 0, 10, 10], [20, 0, 30, 10]]
-    assert target_boxes({"target": {"shape": None, "colour": "red"}, "objects": objs}) == [[0, 0, 10, 10], [40, 0, 50, 10]]
+    circles, reds = {"shape": "circle", "colour": None}, {"shape": None, "colour": "red"}  # counting
+    assert target_boxes({"target": circles, "objects": objs}) == [[0, 0, 10, 10], [20, 0, 30, 10]]
+    assert target_boxes({"target": reds, "objects": objs}) == [[0, 0, 10, 10], [40, 0, 50, 10]]
     assert target_boxes({"box": [5, 5, 9, 9], "objects": objs}) == [[5, 5, 9, 9]]  # grounding
     assert target_boxes({"text_box": [1, 1, 8, 4]}) == [[1, 1, 8, 4]]  # OCR
     assert target_boxes({"target": None, "objects": objs}) == []  # relation / exists: nothing named
@@ -85,11 +85,7 @@ def decoder_model(cfg):
 
 
 def _run(model, batch, tap: PointTap):
-    img = model.encode_images(batch.image_pixels, batch.image_grid)
-    embeds = model.embed(batch.input_ids, img)
-    b, t = batch.input_ids.shape
-    mask = build_causal_mask(batch.key_valid, 0, t, b, batch.input_ids.device, batch.segment_ids)
-    model(embeds, batch.positions, mask)
+    forward_loss(model, batch)  # the training forward; the tap keeps the layer's inputs
     slots = model.placeholder_masks(batch.input_ids)[0]
     return point_loss(tap.attn, tap.take(), slots, batch.labels, batch.segment_ids, batch.point)
 
@@ -113,7 +109,7 @@ def test_loss_is_the_layers_own_attention_mass_on_the_target(arch, monkeypatch):
         for s in batch.segment_ids[r].unique().tolist():
             if s == 0:
                 continue
-            img = [(j, int(c)) for j, (rr, c) in enumerate(zip(ir.tolist(), ic.tolist())) if rr == r
+            img = [(j, int(c)) for j, (rr, c) in enumerate(zip(ir.tolist(), ic.tolist(), strict=True)) if rr == r
                    and batch.segment_ids[r, c] == s]
             pt = batch.point[[j for j, _ in img]]
             if not img or (pt < 0).all():
