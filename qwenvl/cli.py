@@ -197,7 +197,8 @@ def _demo(args: argparse.Namespace) -> int:
                         max_new_tokens=args.max_new_tokens or 128, temperature=0.0)
         print(f"[{task}] image: {path}\n  Q: {question}\n  A: {out.text}\n  expected: {rec['meta'].get('answer')}")
         if out.boxes:
-            boxes_img = Path(args.draw)
+            boxes_img = Path(args.draw) if args.draw else Path(args.out_dir) / "boxes.png"
+            boxes_img.parent.mkdir(parents=True, exist_ok=True)
             draw_boxes(img, [Box(**b) for b in out.boxes]).save(boxes_img)
     if boxes_img:
         print(f"box overlay: {boxes_img}")
@@ -234,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--video", action="append", default=[])
     c.add_argument("--draw", help="write the last image with the answer's boxes drawn to this PNG")
     d = sub.add_parser("demo", help="run the shipped default model on a generated image")
-    d.add_argument("--draw", default="qwenvl-demo/boxes.png", help="where to draw the answer's boxes")
+    d.add_argument("--draw", help="where to draw the answer's boxes (default: boxes.png in --out-dir)")
     d.add_argument("--out-dir", default="qwenvl-demo", help="where the generated images are written")
     a = sub.add_parser("caption", help="caption a folder / glob of images into a resumable JSONL")
     a.add_argument("model", help="checkpoint folder or shipped model name (none with --endpoint)")

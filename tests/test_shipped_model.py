@@ -80,6 +80,14 @@ def test_demo_command(tmp_path, capsys):
         assert f"[{task}]" in out
 
 
+def test_demo_draws_its_boxes_inside_out_dir(tmp_path, capsys):
+    """Without --draw the overlay goes beside the generated images (it used to go to ./qwenvl-demo whatever
+    --out-dir said, and failed where that folder did not exist)."""
+    assert cli_main(["demo", "--out-dir", str(tmp_path / "out")]) == 0
+    assert f"box overlay: {tmp_path / 'out' / 'boxes.png'}" in capsys.readouterr().out  # greedy: the grounding answer
+    assert (tmp_path / "out" / "boxes.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 # the v1 model (qwenvl-tiny-qwen-vl, retrained 2026-12-02) recorded a probe gap of 4.2 points, under the eval's
 # 5-point margin (bench/RESULTS.md): it joins when a retrain gives it a real margin
 @pytest.mark.parametrize("name", ["qwenvl-tiny"])
