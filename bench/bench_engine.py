@@ -117,15 +117,26 @@ def best(xs: list[float], higher: bool) -> float:
 # ours
 
 
-def load_ours(ckpt: str, row: str):
+def row_dtype(row: str) -> torch.dtype:
+    """The float dtype a row computes in: int8 / int4 rows keep the rest of the model (ViT, norms, the
+    dequantized GEMMs) in the auto dtype, as qwenvl.load(quantize=...) does."""
     from qwenvl.engine.precision import auto_dtype
+
+    kind = row.removeprefix("ours-").removeprefix("hf-").removesuffix("+compile")
+    return {"bf16": torch.bfloat16, "fp32": torch.float32}.get(kind) or auto_dtype("cpu")[0]
+
+
+def load_ours(ckpt: str, row: str):
     from qwenvl.engine.quant import quantize_model
+    from qwenvl.pipeline import auto_storage
     from qwenvl.weights import load_model
 
     kind = row.removeprefix("ours-").removesuffix("+compile")
-    dtype = {"auto": auto_dtype("cpu")[0], "fp32": torch.float32}.get(kind, torch.bfloat16)
+    dtype = row_dtype(row)
     model = load_model(ckpt, dtype)
-    if kind in ("int8", "int4"):
+    if kind == "auto":  # what qwenvl.load(dtype="auto") does: maybe bf16 weights under fp32 compute
+        kind = auto_storage(ckpt, dtype) or kind
+    if kind in ("int8", "int4", "bf16"):
         quantize_model(model, kind)
     return model.eval(), dtype
 
@@ -247,16 +258,21 @@ def measure_tiny(repeats: int, wait, compile: bool = False) -> dict:
 
     from qwenvl.engine.engine import Engine
     from qwenvl.engine.precision import auto_dtype
+    from qwenvl.engine.quant import quantize_model
     from qwenvl.engine.sampling import SamplingParams
+    from qwenvl.pipeline import auto_storage
     from qwenvl.weights import load_model
 
     dtype = auto_dtype("cpu")[0]
     ours = load_model(TINY, dtype).eval()
+    storage = auto_storage(TINY, dtype)  # as qwenvl.load(dtype="auto"): maybe bf16 weights under fp32 compute
+    if storage:
+        quantize_model(ours, storage)
     hf = Qwen2_5_VLForConditionalGeneration.from_pretrained(TINY, dtype=dtype, attn_implementation="sdpa").eval()
     ids = [t % ours.cfg.text.vocab_size for t in text_prompt(3)]
     inp = inputs(ours, ids, [])
     n = 64
-    out: dict = {"dtype": str(dtype), "compile": compile, "ours": [], "hf": []}
+    out: dict = {"dtype": str(dtype), "storage": storage, "compile": compile, "ours": [], "hf": []}
     ids_t = torch.tensor([ids])
 
     def hf_generate(k: int) -> float:
@@ -336,30 +352,35 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     rows = args.rows.split(",")
-    from qwenvl.engine.cpu_kernels import int8_gemv
+    from qwenvl.engine.cpu_kernels import tiled_gemv
     from qwenvl.engine.precision import auto_dtype
+    from qwenvl.pipeline import auto_storage
 
     info = machine_info()
     wait = QuietWaiter(600, per_call=20)
     wait()
     with OtherLoad() as ol:
         bw = measure_bandwidth()
-        rates = {torch.bfloat16: measure_gemm(dtype=torch.bfloat16), torch.float32: measure_gemm(dtype=torch.float32)}
-    log(f"bandwidth {bw}, GEMM bf16 {rates[torch.bfloat16]:.0f} fp32 {rates[torch.float32]:.0f} GFLOP/s "
-        f"(other load {ol.cores:.2f})")
+        # only the dtypes the rows compute in: emulated bf16 (no avx512_bf16 / AMX) runs a 4096^3 GEMM for minutes
+        used = sorted({row_dtype(r) for r in rows if r.startswith(("ours-", "hf-"))}, key=str)
+        rates = {dt: measure_gemm(dtype=dt) for dt in used}
+    log(f"bandwidth {bw}, GEMM " + ", ".join(f"{dt} {v:.0f}" for dt, v in rates.items()) +
+        f" GFLOP/s (other load {ol.cores:.2f})")
     results: dict = {"info": info, "bandwidth": bw, "gemm": {str(k): v for k, v in rates.items()},
-                     "auto": auto_dtype("cpu"), "int8_kernel": int8_gemv()[1], "rows": {}}
+                     "auto": auto_dtype("cpu"), "int8_kernel": tiled_gemv()[1], "rows": {}}
+    results["auto_storage"] = auto_storage(args.ckpt, results["auto"][0])  # "bf16": auto keeps bf16 weights
     same = {torch.bfloat16: "ours-bf16", torch.float32: "ours-fp32"}[results["auto"][0]]
     for row in rows:
         log(f"row {row}")
-        if row == "ours-auto" and same in rows:  # auto is one of the explicit rows here: measured there
+        if row == "ours-auto" and same in rows and not auto_storage(args.ckpt, results["auto"][0]):
+            # auto is one of the explicit rows here (no bf16 storage under fp32 compute): measured there
             results["rows"][row] = {"same_as": same}
             continue
         if row.startswith("ours-"):
             model, dtype = load_ours(args.ckpt, row)
             dec_bytes = decode_bytes(model)
             res = measure_ours(model, dtype, args.repeats, wait, compile=row.endswith("+compile"))
-            res["limit"] = limits(model, bw["roofline"], rates, dtype, dec_bytes)  # int8 / int4 compute in bf16
+            res["limit"] = limits(model, bw["roofline"], rates, dtype, dec_bytes)  # int8 / int4: the float rest
             del model
         elif row.startswith("hf-"):
             dtype = torch.float32 if row.endswith("fp32") else torch.bfloat16
@@ -389,7 +410,8 @@ def print_table(results: dict) -> None:
     print(f"- measured: bandwidth {bw['roofline']:.1f} GB/s (sum {bw['sum']:.1f}, dot {bw['dot']:.1f}, copy "
           f"{bw['copy']:.1f}, bf16 GEMV {bw['gemv']:.1f}); GEMM " +
           ", ".join(f"{k.removeprefix('torch.')} {v:.0f}" for k, v in results["gemm"].items()) + " GFLOP/s")
-    print(f"- auto dtype here: {results['auto']}; int8 kernel: {results['int8_kernel']}\n")
+    print(f"- auto dtype here: {results['auto']}, weights stored as {results.get('auto_storage') or 'the dtype'}; "
+          f"tiled kernel: {results['int8_kernel']}\n")
     print("| row | ViT s (limit) | TTFT s (limit) | decode tok/s (limit, %) | 2nd-turn TTFT s (% of 1st) "
           "| batch-8 s (limit, %) | 16 concurrent tok/s (x batch-1) |")
     print("|---|---|---|---|---|---|---|")
@@ -417,7 +439,8 @@ def print_table(results: dict) -> None:
         tiny = results["rows"].get(row)
         if tiny:
             o, h = best(tiny["ours"], True), best(tiny["hf"], True)
-            print(f"\n{row}: the default model ({tiny['dtype']}), 64 greedy tokens, batch 1: ours {o:.1f} tok/s, "
+            how = f"{tiny['dtype']}, weights {tiny.get('storage') or 'the same'}"
+            print(f"\n{row}: the default model ({how}), 64 greedy tokens, batch 1: ours {o:.1f} tok/s, "
                   f"transformers generate {h:.1f} tok/s ({o / h:.1f}x)")
     for row, r in results["rows"].items():
         if "error" in r:

@@ -14,19 +14,20 @@ Variants:
     int8 kernel              torch.ops.aten._weight_int8pack_mm; "(fp32 x)": fp32 activations and scales
     int4 gG kernel           torch.ops.aten._weight_int4pack_mm_for_cpu, group size G
     int8 / int4 dequant      quant.int8_dequant_mm / int4_dequant_mm: block-wise dequantize + bf16 GEMM
-    ours                     QuantLinear.forward: kernel below INT8_DEQUANT_ROWS / INT4_DEQUANT_ROWS rows,
-                             else dequant; int8's kernel is our tiled one (engine/csrc/int8_gemv.cpp) where
+    ours                     QuantLinear.forward: kernel below quant.dequant_rows(mode, dtype) rows,
+                             else dequant; int8's kernel is our tiled one (engine/csrc/tiled_gemv.cpp) where
                              it builds, "torch's kernel" the same module on _weight_int8pack_mm
 Then the MoE experts (Qwen3-VL-30B-A3B sizes: E 128, H 2048, I 768, top-8, random routing per call):
 bf16 MoeExperts (grouped_mm), QuantExperts int8 / int4 (loop over the hit experts), and the alternative
 "dequantize the hit experts' int8 weights, then grouped_mm". Last, the relative output error of each
 scheme on a Gaussian 4096 x 4096 weight (fp32 reference) and its bits per weight.
---rows sweeps the rows M of a batched decode step (1-32) on the 2B decoder's MLP shapes: bf16 F.linear, our
-tiled int8 kernel called at every M (whatever INT8_DEQUANT_ROWS says), torch's int8 kernel and dequantize +
-bf16 GEMM: where the kernel stops beating the GEMM is where INT8_DEQUANT_ROWS belongs.
---model adds a whole Qwen2-VL-2B-shaped decoder (random bf16 weights built in memory): 256-token prefill
-and decode tok/s in bf16 / int8 (tiled, and torch's kernel) / int4. torchao is timed only if installed (it is
-not a dependency).
+--rows sweeps the rows M of a batched decode step (1-128) on the 2B decoder's MLP shapes: F.linear, our
+tiled int8 kernel called at every M (whatever quant.dequant_rows says), torch's int8 kernel and dequantize +
+GEMM: where the kernel stops beating the GEMM is where quant.INT8_DEQUANT_ROWS belongs (for that dtype).
+--model adds a whole Qwen2-VL-2B-shaped decoder (random weights built in memory): 256-token prefill and
+decode tok/s in the float dtype / bf16 storage (fp32 only) / int8 (tiled, and torch's kernel) / int4.
+--dtype (default bf16; auto: fp32 on a CPU without native bf16, where bf16 GEMMs are emulated) sets x and the
+float weights of both. torchao is timed only if installed (it is not a dependency).
 """
 
 from __future__ import annotations
@@ -247,29 +248,30 @@ def bench_gemv(bw: float, wait: QuietWaiter) -> None:
         del ws
 
 
-def bench_rows(bw: float, wait: QuietWaiter) -> None:
-    """ms per call against the rows M of one step, on 8960 x 1536 and 1536 x 8960 (interleaved rounds, median)."""
+def bench_rows(bw: float, wait: QuietWaiter, dtype: torch.dtype = BF16) -> None:
+    """ms per call against the rows M of one step, on 8960 x 1536 and 1536 x 8960 (interleaved rounds, median);
+    x and the float baseline / dequantized GEMM in `dtype`."""
     import statistics
 
     tiled = Q.use_tiled("int8", torch.device("cpu"))
-    from qwenvl.engine.cpu_kernels import int8_gemv
+    from qwenvl.engine.cpu_kernels import tiled_gemv
 
     print(f"\nbatched decode rows (x [M, K] @ W.T), median of 5 interleaved rounds; tiled kernel: "
-          f"{'yes' if tiled else 'no (' + int8_gemv()[1] + ')'}")
+          f"{'yes' if tiled else 'no (' + tiled_gemv()[1] + ')'}; x in {str(dtype).removeprefix('torch.')}")
     for n, k in ((8960, 1536), (1536, 8960)):
         w = torch.randn(n, k) * 0.02
-        wb = w.to(BF16)
+        wb = w.to(dtype)
         q8, s8 = Q.quantize_int8(w, BF16)
         qt, st = Q.tile_int8(q8, s8) if tiled else (None, None)
-        fns = {"bf16 F.linear": lambda x, wb=wb: F.linear(x, wb),
+        fns = {f"{str(dtype).removeprefix('torch.')} F.linear": lambda x, wb=wb: F.linear(x, wb),
                "int8 torch kernel": lambda x, q=q8, s=s8: Q.int8_kernel_mm(x, q, s),
                "int8 dequant + GEMM": lambda x, q=q8, s=s8: Q.int8_dequant_mm(x, q, s)}
         if tiled:
             fns["int8 ours (tiled)"] = lambda x, q=qt, s=st: Q.int8_kernel_mm(x, q, s, tiled=True)
         print(f"  {n} x {k} (W [N, K]), ms per call:")
         print("    " + "M".rjust(4) + "".join(name.rjust(22) for name in fns))
-        for m in (1, 2, 4, 6, 8, 12, 16, 24, 32):
-            x = torch.randn(m, k).to(BF16)
+        for m in (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64, 128):
+            x = torch.randn(m, k).to(dtype)
             times: dict[str, list[float]] = {name: [] for name in fns}
             wait()
             for _ in range(6):
@@ -282,9 +284,10 @@ def bench_rows(bw: float, wait: QuietWaiter) -> None:
             print("    " + f"{m:4d}" + "".join(f"{statistics.median(v[1:]) * 1e3:22.3f}" for v in times.values()))
 
 
-def bench_model(bw: float, wait: QuietWaiter, prompt: int = 256, steps: int = 24) -> None:
+def bench_model(bw: float, wait: QuietWaiter, prompt: int = 256, steps: int = 24, dtype: torch.dtype = BF16) -> None:
     """Prefill + greedy decode of a Qwen2-VL-2B-shaped decoder (bench/make_bench_checkpoint.py's config,
-    random N(0, 0.02) bf16 weights built in memory, vision tower left on the meta device): bf16 / int8 / int4."""
+    random N(0, 0.02) weights in `dtype` built in memory, vision tower left on the meta device): float / int8 /
+    int4."""
     from make_bench_checkpoint import bench_config
 
     from qwenvl import families
@@ -300,7 +303,12 @@ def bench_model(bw: float, wait: QuietWaiter, prompt: int = 256, steps: int = 24
     import qwenvl.model.qwenvl as qmodel
 
     fast, tiled = layers.linear, Q.use_tiled
-    for mode in (None, "F.linear", "int8", "int8 torch", "int4"):
+    dname = str(dtype).removeprefix("torch.")
+    for mode in (None, "F.linear", "bf16", "int8", "int8 torch", "int4"):
+        if mode == "F.linear" and dtype != BF16:
+            continue  # the one-row torch.mv path is bf16-only: F.linear is what the float row runs
+        if mode == "bf16" and (dtype == BF16 or not tiled("bf16", torch.device("cpu"))):
+            continue  # bf16 storage under fp32 compute (what "auto" keeps of a bf16 checkpoint on such a CPU)
         # "int8 torch": int8 through torch's _weight_int8pack_mm instead of our tiled kernel
         Q.use_tiled = (lambda m, d: False) if mode == "int8 torch" else tiled
         # "F.linear": the bf16 decoder with the one-row torch.mv path switched off (what it was before)
@@ -310,7 +318,7 @@ def bench_model(bw: float, wait: QuietWaiter, prompt: int = 256, steps: int = 24
         gen = torch.Generator().manual_seed(0)
         for name, p in list(model.model.named_parameters()):
             mod_name, _, attr = name.rpartition(".")
-            t = torch.ones(p.shape, dtype=BF16) if "norm" in name else torch.empty(p.shape, dtype=BF16).normal_(
+            t = torch.ones(p.shape, dtype=dtype) if "norm" in name else torch.empty(p.shape, dtype=dtype).normal_(
                 0, 0.02, generator=gen)
             setattr(model.model.get_submodule(mod_name), attr, torch.nn.Parameter(t, requires_grad=False))
         init_buffers(model.model, "cpu")
@@ -319,14 +327,14 @@ def bench_model(bw: float, wait: QuietWaiter, prompt: int = 256, steps: int = 24
             Q._nbytes(lm.embed_tokens.weight)
         n_linear = sum(m.weight.numel() for m in lm.layers.modules() if isinstance(m, torch.nn.Linear))
         flops = 2 * prompt * n_linear + 2 * lm.embed_tokens.weight.numel()  # matmuls; logits of the last token
-        if mode in ("int8", "int8 torch", "int4"):
+        if mode in ("bf16", "int8", "int8 torch", "int4"):
             rep = Q.quantize_model(model, mode.split()[0])
             nbytes += rep["decoder"]["quant_bytes"] - rep["decoder"]["float_bytes"]
             nbytes += rep["lm_head"]["quant_bytes"] - rep["lm_head"]["float_bytes"]
         ids = torch.randint(0, cfg.text.vocab_size, (1, prompt), generator=gen)
         wait()
         with torch.no_grad(), OtherLoad() as load:
-            cache = KVCache.allocate(cfg.text, 1, prompt + steps + 2, BF16)
+            cache = KVCache.allocate(cfg.text, 1, prompt + steps + 2, dtype)
             t0 = time.perf_counter()
             h = model(model.embed(ids), torch.arange(prompt).expand(3, 1, prompt), None, cache, 0)
             tok = model.logits(h[:, -1]).argmax(-1)
@@ -339,7 +347,8 @@ def bench_model(bw: float, wait: QuietWaiter, prompt: int = 256, steps: int = 24
                 tok = model.logits(h[:, -1]).argmax(-1)
                 times.append(time.perf_counter() - t0)
         t_tok = sorted(times[2:])[len(times[2:]) // 2]
-        print(f"  {mode or 'bf16 (mv)':10s} {nbytes / 2**30:5.2f} GiB read per token | prefill {t_prefill:6.2f} s "
+        label = mode or (dname + " (mv)" if dtype == BF16 else dname)
+        print(f"  {label:10s} {nbytes / 2**30:5.2f} GiB read per token | prefill {t_prefill:6.2f} s "
               f"({flops / t_prefill / 1e12:.2f} TFLOP/s of matmuls) | decode {t_tok * 1e3:6.1f} ms/token (median) "
               f"= {1 / t_tok:5.2f} tok/s, {nbytes / t_tok / 1e9:5.1f} GB/s, {100 * nbytes / t_tok / 1e9 / bw:.0f}% "
               f"of the limit | load {load.cores:.1f}")
@@ -354,11 +363,17 @@ def main() -> None:
     ap.add_argument("--model", action="store_true", help="also a whole 1.5B decoder, bf16 / int8 / int4 (+2 min)")
     ap.add_argument("--only-model", action="store_true", help="skip the matmul and MoE tables")
     ap.add_argument("--gemv", action="store_true", help="one-row bf16 F.linear vs torch.mv on the 2B shapes")
-    ap.add_argument("--rows", action="store_true", help="int8 kernels against bf16 over batched-decode rows 1-32")
+    ap.add_argument("--rows", action="store_true",
+                    help="int8 kernels against the float GEMM over batched-decode rows 1-128")
+    ap.add_argument("--dtype", choices=("auto", "bf16", "fp32"), default="bf16",
+                    help="activations / float weights of --rows and --model (auto: what qwenvl.load picks here)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     print(machine_line())
+    from qwenvl.engine.precision import auto_dtype
+
+    dtype = {"bf16": BF16, "fp32": torch.float32, "auto": auto_dtype("cpu")[0]}[args.dtype]
     try:
         import torchao  # noqa: F401
 
@@ -381,9 +396,9 @@ def main() -> None:
         if args.gemv:
             bench_gemv(bw, wait)
         if args.rows:
-            bench_rows(bw, wait)
+            bench_rows(bw, wait, dtype)
         if args.model or args.only_model:
-            bench_model(bw, wait)
+            bench_model(bw, wait, dtype=dtype)
     print(f"\nwaited {wait.waited:.0f} s for quiet windows")
 
 

@@ -295,7 +295,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "text with (default: the family the server lists, else qwen3_vl for a 'qwen3' model "
                             "name, else qwen2_5_vl: pixels of the resized input)")
     for q in (c, a, g, s):
-        q.add_argument("--quantize", choices=("int8", "int4"), default=None, help="weight-only decoder quantization")
+        q.add_argument("--quantize", choices=("int8", "int4", "bf16"), default=None,
+                       help="weight-only decoder quantization (bf16: bf16 weights computed in fp32)")
         q.add_argument("--compile", action="store_true",
                        help="decode steps through torch.compile: faster tokens after ~30 s of compilation")
     t = sub.add_parser("train", help="train from a TOML recipe (recipes/*.toml)")

@@ -32,7 +32,7 @@ from qwenvl.engine.grammar import Grammar, Vocab
 from qwenvl.engine.sampling import SamplingParams, TokenLogprob
 from qwenvl.engine.scheduler import Generation
 from qwenvl.inputs import ModelInputs
-from qwenvl.weights import load_model, read_config
+from qwenvl.weights import load_model, read_config, stored_dtype
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16}
@@ -239,6 +239,19 @@ class Pipeline:
             (Path(folder) / "generation_config.json").write_text(json.dumps(self.generation_config, indent=2))
 
 
+def auto_storage(folder: str | Path, compute_dtype: torch.dtype, device: str | torch.device = "cpu") -> str | None:
+    """"bf16" where dtype="auto" computes in fp32 on a CPU, the checkpoint is stored in bf16 and our tiled
+    kernel runs here (decode then reads half the bytes: bench/RESULTS.md), else None (weights in the compute
+    dtype)."""
+    from qwenvl.engine.quant import use_tiled
+
+    if compute_dtype != torch.float32 or torch.device(device).type != "cpu":
+        return None
+    if stored_dtype(folder) != torch.bfloat16:
+        return None
+    return "bf16" if use_tiled("bf16", torch.device("cpu")) else None
+
+
 def load(path: str | Path | None = None, dtype: str | torch.dtype = "auto",
          device: str | torch.device = "cpu", quantize: str | None = None, compile: bool = False) -> Pipeline:
     """Load a checkpoint folder (or the shipped default model) into a ready pipeline.
@@ -247,9 +260,14 @@ def load(path: str | Path | None = None, dtype: str | torch.dtype = "auto",
     or a CUDA GPU with bf16, fp32 elsewhere; engine/precision.auto_dtype), a name from DTYPES or a
     torch.dtype. What was chosen is on the pipeline: pipe.dtype, and pipe.dtype_reason (auto_dtype's
     reason, or "requested" for an explicit dtype). Pass dtype="float32" where exact numbers matter.
+    Where "auto" picks fp32 on a CPU (no native bf16) and the checkpoint is stored in bf16, the decoder's
+    linears and lm_head keep those bf16 weights for our tiled kernel (quantize_model(model, "bf16"): the
+    same values computed in fp32, half the bytes per decode step; the reason says so); pass
+    dtype="float32" for plain fp32 weights.
 
-    quantize: None, "int8" or "int4": weight-only quantization of the text decoder and lm_head after
-    loading (qwenvl.engine.quant.quantize_model, its defaults); such a pipeline cannot save().
+    quantize: None, "int8", "int4" or "bf16": weight-only quantization (bf16: storage) of the text decoder
+    and lm_head after loading (qwenvl.engine.quant.quantize_model, its defaults); such a pipeline cannot
+    save().
     compile: decode steps through torch.compile (Engine(compile=True)): faster steps after ~30 s of
     compilation at the first request; needs a C++ compiler (inductor).
     """
@@ -262,6 +280,9 @@ def load(path: str | Path | None = None, dtype: str | torch.dtype = "auto",
     processor = families.of(cfg).build_processor(folder, cfg)  # fail on a missing tokenizer before weights
     compute_dtype, reason = _dtype_and_reason(dtype, device)
     model = load_model(folder, compute_dtype, device, cfg)
+    if quantize is None and dtype == "auto" and auto_storage(folder, compute_dtype, device) == "bf16":
+        quantize = "bf16"
+        reason += "; decoder weights kept in the checkpoint's bf16 (fp32 compute, tiled kernel)"
     if quantize is not None:
         quantize_model(model, quantize)
     gen_path = folder / "generation_config.json"

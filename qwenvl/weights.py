@@ -14,6 +14,7 @@ the strict check compares and what we save, and streams canonical tensors onto o
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 from collections.abc import Iterator
@@ -102,6 +103,18 @@ def iter_safetensors(path: Path, names: set[str] | None = None) -> Iterator[tupl
             if got != end - start:
                 raise ValueError(f"{path}: tensor {name} truncated ({got} of {end - start} bytes)")
             yield name, t
+
+
+def stored_dtype(folder: str | Path) -> torch.dtype | None:
+    """The floating dtype holding most of a safetensors checkpoint's weights (headers only), None for .bin."""
+    counts: dict[torch.dtype, int] = {}
+    for path in checkpoint_files(folder):
+        if path.suffix != ".safetensors":
+            return None
+        for dt, shape in _st_keys(path).values():
+            if dt.is_floating_point:
+                counts[dt] = counts.get(dt, 0) + math.prod(shape)
+    return max(counts, key=counts.__getitem__) if counts else None
 
 
 def _bin_state(path: Path) -> dict[str, torch.Tensor]:

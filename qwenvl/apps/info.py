@@ -12,6 +12,7 @@ import torch
 from qwenvl import families
 from qwenvl.engine import cpu_kernels
 from qwenvl.engine.precision import auto_dtype
+from qwenvl.pipeline import auto_storage
 from qwenvl.processing.image import smart_resize
 from qwenvl.train.freeze import param_group
 
@@ -42,9 +43,11 @@ def model_info(pipe: Any, device: str = "cpu", min_pixels: int | None = None, ma
     budget = ({"min_pixels": min_pixels or icfg.min_pixels, "max_pixels": max_pixels or icfg.max_pixels}
               if icfg is not None else {"image_size": cfg.vision.image_size})
     no_kernel = cpu_kernels.unavailable_reason() if torch.device(device).type == "cpu" else "not a CPU"
+    storage = auto_storage(pipe.folder, dtype, device) if pipe.folder is not None else None
     return {"family": cfg.family, "model_type": getattr(cfg, "model_type", cfg.family), "params": params,
             "auto_dtype": str(dtype).removeprefix("torch."), "auto_dtype_reason": why,
-            "int8_kernel": f"torch's ({no_kernel})" if no_kernel else "tiled (compiled at the first int8 load)",
+            "auto_weights": f"{storage} (the checkpoint's, computed in fp32)" if storage else "the auto dtype",
+            "int8_kernel": f"torch's ({no_kernel})" if no_kernel else "tiled (compiled at the first int8 / bf16 load)",
             "image_budget": budget,
             "image_tokens": {f"{w}x{h}": image_tokens(pipe, w, h, min_pixels, max_pixels) for w, h in SIZES}}
 
@@ -55,6 +58,7 @@ def format_info(info: dict) -> str:
              f"parameters:  total {p['total']:,} (vision {p['vision']:,}, adapter {p['adapter']:,}, "
              f"llm {p['llm']:,})",
              f"auto dtype:  {info['auto_dtype']} ({info['auto_dtype_reason']})",
+             f"auto weights: {info['auto_weights']}",
              f"int8 kernel: {info['int8_kernel']}",
              "image budget: " + ", ".join(f"{k}={v}" for k, v in info["image_budget"].items())]
     lines += [f"image tokens {k}: {v}" for k, v in info["image_tokens"].items()]

@@ -16,14 +16,16 @@ Kernels (torch 2.13 CPU; bench/bench_quant.py measures them):
     torch.ops.aten._weight_int8pack_mm(x [M, K], q [N, K] int8, s [N]) -> [M, N]
     torch.ops.aten._weight_int4pack_mm_for_cpu(x [M, K], packed [N, K/2] u8, G, sz [K/G, N, 2]) -> [M, N]
   x, s and sz must share one dtype; fp32 works but runs scalar code (4x slower than bf16 at M = 1, 30x
-  at M = 256), so on CPU the quantized matmuls compute in bf16 whatever the model dtype: x is cast to
-  bf16 and the result back to x's dtype. Shape rules: the int4 kernel wants N % 16 == 0, K % G == 0, G in
-  {32, 64, 128, 256}; the bf16 int8 kernel silently returns garbage or segfaults unless K % 16 == 0.
-  Other shapes are zero-padded (weight rows / columns at quantize time, x columns per call) rather than
-  refused, so tiny test models work; real Qwen sizes need no padding.
+  at M = 256), so on CPU scales are bf16 and x is cast to bf16 for these kernels (the result back to x's
+  dtype). Dequantize + GEMM (below) runs in the model's dtype instead: without native bf16 the bf16 GEMM
+  is emulated (0.27 GFLOP/s against fp32's 100 on an AVX2 EPYC, 2026-12-02), and "auto" loads fp32 there.
+  Shape rules: the int4 kernel wants N % 16 == 0, K % G == 0, G in {32, 64, 128, 256}; the bf16 int8
+  kernel silently returns garbage or segfaults unless K % 16 == 0. Other shapes are zero-padded (weight
+  rows / columns at quantize time, x columns per call) rather than refused, so tiny test models work; real
+  Qwen sizes need no padding.
   Both kernels are GEMV-grade (~120 GFLOP/s from M = 16 on 2 cores, against ~0.8-1.5 TFLOP/s for the
-  bf16 AMX GEMM), so from INT8_DEQUANT_ROWS / INT4_DEQUANT_ROWS rows (prefill, big batches) the weight is
-  dequantized block by block into a reused buffer and multiplied by the bf16 GEMM instead.
+  bf16 AMX GEMM), so from dequant_rows(mode, dtype) rows (prefill, big batches) the weight is dequantized
+  block by block into a reused buffer and multiplied by the model dtype's GEMM instead.
   Off CPU, int8 always dequantizes (in the model dtype); int4's packed layout is CPU-only, so
   quantize_model refuses int4 there.
 
@@ -49,16 +51,26 @@ from torch import nn
 
 from qwenvl.model.moe import MoeExperts
 
-MODES = ("int8", "int4")
+MODES = ("int8", "int4", "bf16")  # bf16: storage only (fp32 compute on bf16 weights, the tiled kernel)
 INT4_GROUP_SIZES = (32, 64, 128, 256)
 # int4 group: 64 beat 128 on the trained tiny models (rms logit error / std 0.050 vs 0.080 for Qwen-VL v1,
 # 0.040 vs 0.045 for Qwen2.5-VL) for 6% more bytes (4.5 vs 4.25 bits / weight); 32 was no better than 64
 DEFAULT_GROUP_SIZE = 64
-# rows from which dequantize + bf16 GEMM beats the kernels (bench/bench_quant.py, 2 cores with AMX, 4096^2:
-# int8 kernel 5.3 vs 4.2 ms at M = 16; int4 kernel 18.4 vs 16.9 ms at M = 64, 5.0 vs 17.9 ms at M = 16)
-INT8_DEQUANT_ROWS = 16
-INT4_DEQUANT_ROWS = 64
-# rows per tile of the tiled int8 layout (csrc/int8_gemv.cpp)
+# rows from which dequantize + GEMM beats the kernels, by the GEMM's dtype (x's: the model's). bf16, 2 cores
+# with AMX, 4096^2: int8 kernel 5.3 vs 4.2 ms at M = 16; int4 kernel 18.4 vs 16.9 ms at M = 64, 5.0 vs 17.9
+# at M = 16. fp32, 2-core AVX2 EPYC (no native bf16; small-M fp32 GEMMs there read weights at 2-5 GB/s),
+# 8960x1536 / 1536x8960, 2026-12-02: int8 tiled kernel 42.7 / 41.0 vs 86.5 / 43.2 ms at M = 128; int4
+# kernel 37.0 / 36.3 vs 74.2 / 59.3 at M = 64, 84.2 / 72.2 vs 75.4 / 68.4 at M = 128.
+INT8_DEQUANT_ROWS = {torch.bfloat16: 16, torch.float32: 128}
+INT4_DEQUANT_ROWS = {torch.bfloat16: 64, torch.float32: 96}
+BF16_DEQUANT_ROWS = {torch.bfloat16: 16, torch.float32: 128}
+
+
+def dequant_rows(mode: str, dtype: torch.dtype) -> int:
+    """Rows of x (in `dtype`) from which `mode`'s matmul dequantizes and runs a GEMM instead of the kernel."""
+    table = {"int8": INT8_DEQUANT_ROWS, "int4": INT4_DEQUANT_ROWS, "bf16": BF16_DEQUANT_ROWS}[mode]
+    return table.get(dtype, table[torch.bfloat16])
+# rows per tile of the tiled int8 layout (csrc/tiled_gemv.cpp)
 TILE_ROWS = 4
 # weights dequantized per block (into _scratch buffers: 32 MB bf16; int4 also 16 MB fp32)
 _DEQUANT_ELEMS = 1 << 24
@@ -94,20 +106,29 @@ def quantize_int8(w: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, to
 
 
 def _tiled_ext():
-    """The tiled int8 GEMV extension, or None (not built here: no AVX-512, no compiler, QWENVL_KERNELS=0)."""
-    from qwenvl.engine.cpu_kernels import int8_gemv
+    """The tiled GEMV extension, or None (not built here: no AVX-512 / AVX2, no compiler, QWENVL_KERNELS=0)."""
+    from qwenvl.engine.cpu_kernels import tiled_gemv
 
-    return int8_gemv()[0]
+    return tiled_gemv()[0]
+
+
+def _tile(q: torch.Tensor) -> torch.Tensor:
+    """[N, Kp] (Kp a multiple of 32) -> the tiled kernels' layout: rows padded with zeros to a multiple of
+    TILE_ROWS, elements in [N/4, Kp/32, 4, 32] tile order (still shaped [Np, Kp])."""
+    q = F.pad(q, (0, 0, 0, _round_up(q.shape[0], TILE_ROWS) - q.shape[0]))
+    kp = q.shape[1]
+    return q.view(-1, TILE_ROWS, kp // 32, 32).transpose(1, 2).contiguous().view(q.shape)
 
 
 def tile_int8(q: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(q [N, Kp], s [N]) -> the same weight in the tiled kernel's layout: rows padded with zeros to a
-    multiple of TILE_ROWS, bytes in [N/4, Kp/32, 4, 32] tile order (still shaped [Np, Kp])."""
-    n = q.shape[0]
-    pad = _round_up(n, TILE_ROWS) - n
-    q, s = F.pad(q, (0, 0, 0, pad)), F.pad(s, (0, pad))
-    kp = q.shape[1]
-    return q.view(-1, TILE_ROWS, kp // 32, 32).transpose(1, 2).contiguous().view(q.shape), s
+    """(q [N, Kp], s [N]) -> the same weight in the tiled kernel's layout (_tile), s padded alike."""
+    return _tile(q), F.pad(s, (0, _round_up(s.shape[0], TILE_ROWS) - s.shape[0]))
+
+
+def tile_bf16(w: torch.Tensor) -> torch.Tensor:
+    """w [N, K] -> its bf16 values in the tiled layout [Np, Kp] (K padded with zeros to a multiple of 32)."""
+    k = w.shape[1]
+    return _tile(F.pad(w.detach().to(torch.bfloat16), (0, _round_up(k, 32) - k)))
 
 
 def _row_order(q: torch.Tensor) -> torch.Tensor:
@@ -115,20 +136,20 @@ def _row_order(q: torch.Tensor) -> torch.Tensor:
     return q.view(-1, q.shape[1] // 32, TILE_ROWS, 32).transpose(1, 2)
 
 
-def untile_int8(q: torch.Tensor) -> torch.Tensor:
-    """The inverse of tile_int8's byte order: [Np, Kp] row-major int8 (a new tensor)."""
+def untile(q: torch.Tensor) -> torch.Tensor:
+    """The inverse of _tile's element order: [Np, Kp] row-major (a new tensor)."""
     return _row_order(q).reshape(q.shape)
 
 
 def int8_kernel_mm(x: torch.Tensor, q: torch.Tensor, s: torch.Tensor, tiled: bool = False) -> torch.Tensor:
-    """x [M, K] (s's dtype) @ (q[:, :K] * s[:, None]).T -> [M, N] through a CPU kernel (x padded to Kp):
-    ours on tiled weights (fp32 accumulation, result fp32), else torch's _weight_int8pack_mm."""
+    """x [M, K] @ (q[:, :K] * s[:, None]).T -> [M, N] in x's dtype through a CPU kernel (x padded to Kp): ours
+    on tiled weights (fp32 accumulation), else torch's _weight_int8pack_mm on x cast to s's dtype."""
     k, kp = x.shape[1], q.shape[1]
     x = F.pad(x, (0, kp - k)) if kp != k else x.contiguous()
-    if tiled:
+    if tiled:  # any float x: the kernel reads it as fp32
         _tiled_ext()  # built and registered as torch.ops.qwenvl.int8_gemv
         return torch.ops.qwenvl.int8_gemv(x, q, s).to(x.dtype)
-    return _INT8(x, q, s)
+    return _INT8(x.to(s.dtype), q, s)
 
 
 def _scratch(name: str, dtype: torch.dtype, device: torch.device, numel: int) -> torch.Tensor:
@@ -151,10 +172,10 @@ def _row_blocks(n: int, k: int, max_elems: int, multiple: int) -> int:
     return _round_up(-(-n // blocks), multiple)
 
 
-def int8_dequant_mm(x: torch.Tensor, q: torch.Tensor, s: torch.Tensor, tiled: bool = False) -> torch.Tensor:
+def int8_dequant_mm(x: torch.Tensor, q: torch.Tensor, s: torch.Tensor | None, tiled: bool = False) -> torch.Tensor:
     """The same product as a GEMM on the exact q (int8 fits bf16), output columns scaled after; blocks of
     <= _DEQUANT_ELEMS weights converted (and, for tiled weights, put back in row order) into a reused
-    buffer. Any device."""
+    buffer. Any device. s None: q holds the weights themselves (bf16 storage, bf16_mm)."""
     k, (n, kp) = x.shape[1], q.shape
     x = F.pad(x, (0, kp - k)) if kp != k else x  # zero columns meet q's zero columns
     rows = _row_blocks(n, kp, _DEQUANT_ELEMS, 16)
@@ -168,15 +189,30 @@ def int8_dequant_mm(x: torch.Tensor, q: torch.Tensor, s: torch.Tensor, tiled: bo
         else:
             w.copy_(q[r:r + c])
         outs.append(F.linear(x, w))
-    return (torch.cat(outs, 1) if len(outs) > 1 else outs[0]) * s
+    y = torch.cat(outs, 1) if len(outs) > 1 else outs[0]
+    return y if s is None else y * s
 
 
 def int8_mm(x: torch.Tensor, q: torch.Tensor, s: torch.Tensor, n: int, tiled: bool = False) -> torch.Tensor:
-    """x [M, K] @ w.T -> [M, n]: a kernel below INT8_DEQUANT_ROWS rows on CPU, else dequantize + GEMM."""
-    if x.device.type == "cpu" and x.shape[0] < INT8_DEQUANT_ROWS:
+    """x [M, K] @ w.T -> [M, n]: a kernel below dequant_rows("int8", x.dtype) rows on CPU, else dequantize
+    + GEMM."""
+    if x.device.type == "cpu" and x.shape[0] < dequant_rows("int8", x.dtype):
         y = int8_kernel_mm(x, q, s, tiled)
     else:
         y = int8_dequant_mm(x, q, s, tiled)
+    return y[:, :n] if y.shape[1] != n else y
+
+
+def bf16_mm(x: torch.Tensor, w: torch.Tensor, n: int) -> torch.Tensor:
+    """x [M, K] @ w.T -> [M, n] in x's dtype for tiled bf16 weights w [Np, Kp] (tile_bf16): our kernel below
+    dequant_rows("bf16", x.dtype) rows, else blocks widened to x's dtype and a GEMM (prefill)."""
+    k, kp = x.shape[1], w.shape[1]
+    x = F.pad(x, (0, kp - k)) if kp != k else x.contiguous()
+    if x.shape[0] < dequant_rows("bf16", x.dtype):
+        _tiled_ext()
+        y = torch.ops.qwenvl.bf16_gemv(x, w).to(x.dtype)
+    else:
+        y = int8_dequant_mm(x, w, None, tiled=True)
     return y[:, :n] if y.shape[1] != n else y
 
 
@@ -264,14 +300,15 @@ def int4_dequantize(packed: torch.Tensor, sz: torch.Tensor, group: int) -> torch
 
 
 def int4_kernel_mm(x: torch.Tensor, packed: torch.Tensor, sz: torch.Tensor, group: int) -> torch.Tensor:
-    """x [M, K] (sz's dtype) @ w.T -> [M, Np] through the CPU kernel (x padded to Kp)."""
+    """x [M, K] @ w.T -> [M, Np] through the CPU kernel (x cast to sz's dtype and padded to Kp)."""
     k, kp = x.shape[1], sz.shape[0] * group
+    x = x.to(sz.dtype)
     return _INT4(F.pad(x, (0, kp - k)) if kp != k else x.contiguous(), packed, group, sz)
 
 
 def int4_dequant_mm(x: torch.Tensor, packed: torch.Tensor, sz: torch.Tensor, group: int) -> torch.Tensor:
     """The same product, dequantizing blocks of <= _DEQUANT_ELEMS_INT4 weights (a multiple of the packed row
-    block) into a reused buffer for a bf16 GEMM. Needs a known packed layout (_int4_block_n() not None)."""
+    block) into a reused buffer for a GEMM in x's dtype. Needs a known packed layout (_int4_block_n() not None)."""
     k, kp, np_ = x.shape[1], sz.shape[0] * group, sz.shape[1]
     block = _int4_block_n()
     rows = _row_blocks(np_, kp, _DEQUANT_ELEMS_INT4, block)
@@ -285,9 +322,9 @@ def int4_dequant_mm(x: torch.Tensor, packed: torch.Tensor, sz: torch.Tensor, gro
 
 
 def int4_mm(x: torch.Tensor, packed: torch.Tensor, sz: torch.Tensor, group: int, n: int) -> torch.Tensor:
-    """x [M, K] @ w.T -> [M, n], w the [n, K] matrix quantize_int4 packed: kernel below INT4_DEQUANT_ROWS
+    """x [M, K] @ w.T -> [M, n], w the [n, K] matrix quantize_int4 packed: kernel below dequant_rows("int4")
     rows (or when the packed layout is unknown), else dequantize + GEMM."""
-    if x.shape[0] < INT4_DEQUANT_ROWS or _int4_block_n() is None:
+    if x.shape[0] < dequant_rows("int4", x.dtype) or _int4_block_n() is None:
         y = int4_kernel_mm(x, packed, sz, group)
     else:
         y = int4_dequant_mm(x, packed, sz, group)
@@ -295,15 +332,19 @@ def int4_mm(x: torch.Tensor, packed: torch.Tensor, sz: torch.Tensor, group: int,
 
 
 def use_tiled(mode: str, device: torch.device) -> bool:
-    """Whether int8 weights on `device` go in the tiled layout of our CPU kernel (built and usable here)."""
-    return mode == "int8" and device.type == "cpu" and _tiled_ext() is not None
+    """Whether int8 / bf16 weights on `device` go in the tiled layout of our CPU kernels (built and usable
+    here). bf16 storage exists only for that kernel (quantize_model refuses it elsewhere)."""
+    return mode in ("int8", "bf16") and device.type == "cpu" and _tiled_ext() is not None
 
 
 def _quantize(w: torch.Tensor, mode: str, group: int, dtype: torch.dtype,
-              tiled: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+              tiled: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """One [N, K] matrix, 1024 rows at a time: the fp32 / int32 temporaries of a 151936-row lm_head would
     take GBs. Packing row blocks that are multiples of the kernel's 32 / 64-row blocks and concatenating
-    them gives the same bytes as packing the whole (each packed block is contiguous, in row order)."""
+    them gives the same bytes as packing the whole (each packed block is contiguous, in row order).
+    bf16: (tiled bf16 weights, None)."""
+    if mode == "bf16":
+        return tile_bf16(w), None
     parts = [quantize_int8(c, dtype) if mode == "int8" else quantize_int4(c, group, dtype) for c in w.split(1024)]
     if len(parts) == 1:
         q, s = parts[0]
@@ -313,16 +354,20 @@ def _quantize(w: torch.Tensor, mode: str, group: int, dtype: torch.dtype,
     return tile_int8(q, s) if tiled else (q, s)
 
 
-def _qmm(x: torch.Tensor, q: torch.Tensor, s: torch.Tensor, mode: str, group: int, n: int,
+def _qmm(x: torch.Tensor, q: torch.Tensor, s: torch.Tensor | None, mode: str, group: int, n: int,
          tiled: bool = False) -> torch.Tensor:
+    if mode == "bf16":
+        return bf16_mm(x, q, n)
     return int8_mm(x, q, s, n, tiled) if mode == "int8" else int4_mm(x, q, s, group, n)
 
 
 def _dequantize(q: torch.Tensor, s: torch.Tensor, mode: str, group: int, n: int, k: int,
                 tiled: bool = False) -> torch.Tensor:
-    """The [n, k] weight one quantized matrix stands for, in the compute dtype (tests, debugging)."""
+    """The [n, k] weight one quantized matrix stands for, in the compute dtype (bf16 storage: fp32)."""
+    if mode == "bf16":
+        return untile(q)[:n, :k].float()
     if mode == "int8":
-        return ((untile_int8(q) if tiled else q)[:n, :k].to(s.dtype) * s[:n, None])
+        return ((untile(q) if tiled else q)[:n, :k].to(s.dtype) * s[:n, None])
     wt = int4_dequantize(q, s, group)
     if wt is None:  # unknown packed layout: let the kernel dequantize (x = identity)
         wt = _INT4(torch.eye(s.shape[0] * group, dtype=s.dtype), q, group, s)
@@ -342,8 +387,8 @@ class QuantLinear(nn.Module):
 
     Buffers: int8 qweight [N, Kp] int8 (Kp: K rounded up to 32), scales [N] (tiled: [Np, Kp] in tile
     order, Np = N rounded up to 4, when our CPU kernel is built: see tile_int8); int4 qweight [Np, Kp/2]
-    uint8 (kernel layout), scales [Kp/G, Np, 2] (scale, zero). scales.dtype is the compute dtype; bias
-    keeps the model dtype.
+    uint8 (kernel layout), scales [Kp/G, Np, 2] (scale, zero); bf16 qweight [Np, Kp] bf16 in tile order, no
+    scales (None). scales.dtype is the kernels' dtype; bias keeps the model dtype.
     """
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, mode: str, group_size: int,
@@ -357,13 +402,14 @@ class QuantLinear(nn.Module):
         self.register_buffer("qweight", q)
         self.register_buffer("scales", s)
         self.register_buffer("bias", None if bias is None else bias.detach().clone())
-        kp = q.shape[1] if mode == "int8" else s.shape[0] * group_size
+        kp = s.shape[0] * group_size if mode == "int4" else q.shape[1]
         # zero rows / columns added for the kernels' shape rules (quantize_int8 / quantize_int4)
         self.padded = q.shape[0] != self.out_features or kp != self.in_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = _qmm(x.reshape(-1, x.shape[-1]).to(self.scales.dtype), self.qweight, self.scales, self.mode,
-                 self.group_size, self.out_features, self.tiled).to(x.dtype)
+        # x keeps its dtype: the kernels cast what they need, dequantize + GEMM runs in the model's dtype
+        y = _qmm(x.reshape(-1, x.shape[-1]), self.qweight, self.scales, self.mode, self.group_size,
+                 self.out_features, self.tiled).to(x.dtype)
         if self.bias is not None:
             y = y + self.bias
         return y.view(*x.shape[:-1], self.out_features)
@@ -412,7 +458,7 @@ class QuantExperts(nn.Module):
         order = flat.argsort(stable=True)
         token = order // k
         counts = torch.bincount(flat, minlength=self.num_experts).tolist()
-        xs = x[token].to(self.down_s.dtype)
+        xs = x[token]
         outs, start = [], 0
         for e, n in enumerate(counts):
             if n:
@@ -456,12 +502,15 @@ def _targets(decoder: nn.Module) -> list[tuple[str, nn.Module, str, nn.Module]]:
 
 @torch.no_grad()
 def quantize_model(model: nn.Module, mode: str = "int8", group_size: int = DEFAULT_GROUP_SIZE,
-                   lm_head: str | None = "int8") -> dict:
+                   lm_head: str | None = "auto") -> dict:
     """Quantize a QwenVLModel's text decoder in place (weight-only); returns a report of what changed.
 
-    mode: "int8" | "int4" for the decoder layers' linears and MoE experts. group_size: int4 only (32, 64,
-    128 or 256 input channels per scale / zero). lm_head: "int8" | "int4" | None (keep float); with tied
-    embeddings a quantized copy becomes model.lm_head and embed_tokens stays float for the lookups.
+    mode: "int8" | "int4" for the decoder layers' linears and MoE experts; "bf16" stores the linears' weights
+    in bf16 for our tiled CPU kernel, computing in the model's dtype (fp32 on CPUs without native bf16, where
+    it halves the bytes a decode step reads; MoE experts stay float). group_size: int4 only (32, 64, 128 or
+    256 input channels per scale / zero). lm_head: "int8" | "int4" | "bf16" | None (keep float) | "auto"
+    (bf16 for mode bf16, else int8); with tied embeddings a quantized copy becomes model.lm_head and
+    embed_tokens stays float for the lookups.
     Works on fp32 or bf16 models, in train or eval mode. The result is for inference only: no gradients
     reach the quantized weights, and weights.save_model refuses it (model.quantized is set to the report).
 
@@ -470,24 +519,33 @@ def quantize_model(model: nn.Module, mode: str = "int8", group_size: int = DEFAU
     """
     if mode not in MODES:
         raise ValueError(f"unknown quantization mode {mode!r}; choose one of {list(MODES)}")
+    if lm_head == "auto":
+        lm_head = "bf16" if mode == "bf16" else "int8"
     if lm_head not in (None, *MODES):
         raise ValueError(f"unknown lm_head quantization {lm_head!r}; choose one of {[None, *MODES]}")
     if getattr(model, "quantized", None):
         raise ValueError("model is already quantized")
     emb = model.model.embed_tokens.weight
+    if "bf16" in (mode, lm_head) and not use_tiled("bf16", emb.device):
+        from qwenvl.engine.cpu_kernels import tiled_gemv
+
+        why = tiled_gemv()[1] if emb.device.type == "cpu" else f"the model is on {emb.device}"
+        raise ValueError(f"bf16 weight storage runs only on our tiled CPU kernel, unusable here: {why}")
     uses_int4 = "int4" in (mode, lm_head)
     if uses_int4 and group_size not in INT4_GROUP_SIZES:
         raise ValueError(f"int4 group_size {group_size} is not one the CPU kernel takes: {INT4_GROUP_SIZES}")
     if uses_int4 and emb.device.type != "cpu":
         raise ValueError(f"int4 uses torch's CPU kernel and its packed layout; the model is on {emb.device}. "
                          "Use int8 there.")
-    # CPU: the kernels' fp32 paths are scalar code, so compute in bf16 (module docstring)
+    # CPU: torch's kernels' fp32 paths are scalar code, so their scales are bf16 (module docstring)
     compute = torch.bfloat16 if emb.device.type == "cpu" else emb.dtype
     report: dict = {"mode": mode, "group_size": group_size if uses_int4 else None,
                     "compute_dtype": str(compute).removeprefix("torch."), "linears": 0, "experts": 0,
                     "padded": [], "decoder": {"numel": 0, "float_bytes": 0, "quant_bytes": 0}, "lm_head": None}
     dec = report["decoder"]
     for name, parent, attr, child in _targets(model.model):
+        if mode == "bf16" and isinstance(child, MoeExperts):
+            continue  # grouped_mm over float experts: the tiled kernel has no grouped form
         before = list(child.parameters()) if isinstance(child, MoeExperts) else [child.weight]
         if isinstance(child, MoeExperts):
             new = QuantExperts(child, mode, group_size, compute)
@@ -496,7 +554,7 @@ def quantize_model(model: nn.Module, mode: str = "int8", group_size: int = DEFAU
         else:
             new = QuantLinear(child.weight, child.bias, mode, group_size, compute)
             report["linears"] += 1
-            after = [new.qweight, new.scales]
+            after = [new.qweight] + ([new.scales] if new.scales is not None else [])
             if new.padded:
                 report["padded"].append(name)
         dec["numel"] += sum(p.numel() for p in before)
@@ -508,6 +566,7 @@ def quantize_model(model: nn.Module, mode: str = "int8", group_size: int = DEFAU
         w = emb if tied else model.lm_head.weight
         model.lm_head = QuantLinear(w, None, lm_head, group_size, compute)
         report["lm_head"] = {"mode": lm_head, "tied": tied, "numel": w.numel(), "float_bytes": _nbytes(w),
-                             "quant_bytes": _nbytes(model.lm_head.qweight, model.lm_head.scales)}
+                             "quant_bytes": _nbytes(*(t for t in (model.lm_head.qweight, model.lm_head.scales)
+                                                      if t is not None))}
     model.quantized = report
     return report

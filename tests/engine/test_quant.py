@@ -91,22 +91,22 @@ def test_kernel_and_dequantized_paths_agree(mode, group, tiled):
 
 
 def require_tiled_kernel() -> None:
-    """The tiled int8 kernel must build wherever the CPU has AVX-512 (a compiler and ninja come with the test
-    extras and .ci/run): a build failure there fails the test; only a CPU without AVX-512 skips."""
+    """The tiled int8 kernel must build wherever the CPU has AVX-512 or AVX2 + FMA (a compiler and ninja come
+    with the test extras and .ci/run): a build failure there fails the test; only a CPU with neither skips."""
     from qwenvl.engine import cpu_kernels
 
     why = cpu_kernels.unavailable_reason()
     if why and why.startswith("the CPU lacks"):
         pytest.skip(why)
-    ext, how = cpu_kernels.int8_gemv()
+    ext, how = cpu_kernels.tiled_gemv()
     assert ext is not None, how
 
 
 def test_tiled_int8_kernel_is_exact_fp32_over_the_tile_layout():
     """Our kernel against the exact fp32 product of the same int8 weight, over ragged shapes (N not a
-    multiple of 4, K not of 32, M from 1 to 15 rows: every x-block width 1-6 the kernel dispatches on, and
-    blocks after a full one); the tile order round-trips; the layout is what int8_gemv.cpp reads (tile t,
-    column block b: rows 4t..4t+3, columns 32b..32b+31)."""
+    multiple of 4, K not of 32, M from 1 to 15 rows: every x-block width the kernel dispatches on, 1-6 with
+    AVX-512 and 1-3 with AVX2, and blocks after a full one); the tile order round-trips; the layout is what
+    tiled_gemv.cpp reads (tile t, column block b: rows 4t..4t+3, columns 32b..32b+31)."""
     require_tiled_kernel()
     g = torch.Generator().manual_seed(11)
     for n, k, m in [(4, 32, 1), (17, 24, 3), (130, 272, 15), (1536, 1536, 1), (64, 96, 2), (36, 64, 4),
@@ -114,7 +114,7 @@ def test_tiled_int8_kernel_is_exact_fp32_over_the_tile_layout():
         w = torch.randn(n, k, generator=g)
         q, s = Q.quantize_int8(w, torch.bfloat16)
         qt, st = Q.tile_int8(q, s)
-        assert qt.shape[0] % 4 == 0 and torch.equal(Q.untile_int8(qt)[:n], q)
+        assert qt.shape[0] % 4 == 0 and torch.equal(Q.untile(qt)[:n], q)
         kp = q.shape[1]
         if kp >= 64:
             assert torch.equal(qt.view(-1, kp // 32, 4, 32)[0, 1, 2], q[2, 32:64])
@@ -186,9 +186,9 @@ def checkpoint(tmp_path_factory):
     return get
 
 
-def image_prompt(model, seed: int = 0, grid: tuple[int, int, int] = (1, 12, 16)) -> ModelInputs:
-    """Text, one image (patch grid 12 x 16 -> 48 tokens after the 2 x 2 merge), text: T = 68, so the
-    prefill takes the dequantize + GEMM path (>= INT4_DEQUANT_ROWS rows)."""
+def image_prompt(model, seed: int = 0, grid: tuple[int, int, int] = (1, 16, 28)) -> ModelInputs:
+    """Text, one image (patch grid 16 x 28 -> 112 tokens after the 2 x 2 merge), text: T = 132, so the
+    prefill takes the dequantize + GEMM path (>= dequant_rows in bf16 and fp32)."""
     cfg, v = model.cfg, model.cfg.vision
     n_img = grid[0] * grid[1] * grid[2] // v.spatial_merge_size**2
     ids = [151644, 872, 198, 9707, 11] + [cfg.vision_start_token_id] + [cfg.image_token_id] * n_img + \
@@ -200,7 +200,7 @@ def image_prompt(model, seed: int = 0, grid: tuple[int, int, int] = (1, 12, 16))
 
 
 def text_prompt(model) -> ModelInputs:
-    """12 text tokens: every matmul takes the kernel path (< INT8_DEQUANT_ROWS rows)."""
+    """12 text tokens: every matmul takes the kernel path (< dequant_rows rows)."""
     ids = [151644, 872, 198, 9707, 11, 3838, 374, 419, 30, 151645, 198, 77091]
     pos, delta = mrope_positions(ids, families.of(model.cfg).rope_spec(model.cfg))
     return ModelInputs(input_ids=ids, positions=pos, rope_delta=delta)
@@ -256,7 +256,8 @@ def kind(family: str) -> str:
 def test_int8_logits_stay_close_and_the_vision_tower_is_untouched(checkpoint, family, dtype):
     model = load_model(checkpoint(family), dtype)
     inputs = image_prompt(model), text_prompt(model)
-    assert len(inputs[0].input_ids) >= Q.INT4_DEQUANT_ROWS and len(inputs[1].input_ids) < Q.INT8_DEQUANT_ROWS
+    rows = [Q.dequant_rows(m, dtype) for m in Q.MODES]
+    assert len(inputs[0].input_ids) >= max(rows) and len(inputs[1].input_ids) < min(rows)
     refs = [prompt_logits(model, inp) for inp in inputs]
     visual = {k: v.clone() for k, v in model.visual.state_dict().items()}
     model.train()  # quantize_model does not care about the mode
