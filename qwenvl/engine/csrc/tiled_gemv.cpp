@@ -40,134 +40,99 @@ inline void prefetch_step(const W* w) {
   }
 }
 
+// The ISA's primitives; the tile loops below are written once over them.
 #if QWENVL_AVX512
-constexpr int kMaxBlock = 6;  // x rows per pass over a tile (the accumulators' register budget)
-
+using Vec = __m512;
+constexpr int kLanes = 16;
+constexpr int kMaxBlock = 6;  // x rows per pass: 4 x 6 accumulators + the widened weights, 26 of 32 registers
+inline Vec vzero() { return _mm512_setzero_ps(); }
+inline Vec vload(const float* p) { return _mm512_loadu_ps(p); }
+inline Vec vfma(Vec a, Vec b, Vec c) { return _mm512_fmadd_ps(a, b, c); }
+inline Vec vadd(Vec a, Vec b) { return _mm512_add_ps(a, b); }
+inline float vsum(Vec v) { return _mm512_reduce_add_ps(v); }
 // 16 weights -> 16 fp32 lanes: int8 sign-extended and converted; bf16 (raw uint16) shifted into the high half
-inline __m512 widen(const int8_t* p) {
+inline Vec widen(const int8_t* p) {
   return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
 }
-inline __m512 widen(const uint16_t* p) {
+inline Vec widen(const uint16_t* p) {
   const __m512i u = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
   return _mm512_castsi512_ps(_mm512_slli_epi32(u, 16));
 }
-
-// One tile column of 4 rows against one x row: out[r] = sum_k tile[r, k] * x[k].
-template <typename W>
-inline void tile_dot(const W* tile, int64_t k_total, const float* x, float* out) {
-  __m512 a0[kRows], a1[kRows];
-  for (int r = 0; r < kRows; ++r) { a0[r] = _mm512_setzero_ps(); a1[r] = _mm512_setzero_ps(); }
-  for (int64_t k = 0; k < k_total; k += kCols) {
-    const __m512 x0 = _mm512_loadu_ps(x + k), x1 = _mm512_loadu_ps(x + k + 16);
-    const W* p = tile + k * kRows;
-    prefetch_step(p);
-    for (int r = 0; r < kRows; ++r) {
-      a0[r] = _mm512_fmadd_ps(widen(p + kCols * r), x0, a0[r]);
-      a1[r] = _mm512_fmadd_ps(widen(p + kCols * r + 16), x1, a1[r]);
-    }
-  }
-  for (int r = 0; r < kRows; ++r) out[r] = _mm512_reduce_add_ps(_mm512_add_ps(a0[r], a1[r]));
-}
-
-// The same tile against MB x rows at once (x row m at x + m * ldx): each 32-column step of a weight row is
-// widened to fp32 once and used MB times. Widening (2 sign-extends + 2 converts) costs as much as the two FMAs
-// of one x row and competes for the same ports, so tile_dot per x row spent 2/3 of its work re-widening the
-// tile (8960x1536 at 16 rows: 10.2 ms, against 2.0-2.2 for bf16's GEMM). 4 x MB accumulators + 2 widened
-// halves stay in registers (MB <= 6: 26 of the 32); x is read from L1 as the FMAs' memory operand.
-template <int MB, typename W>
-inline void tile_dot_rows(const W* tile, int64_t k_total, const float* x, int64_t ldx, float* out) {
-  __m512 acc[kRows][MB];
-#pragma GCC unroll 4
-  for (int r = 0; r < kRows; ++r)
-#pragma GCC unroll 8
-    for (int m = 0; m < MB; ++m) acc[r][m] = _mm512_setzero_ps();
-  for (int64_t k = 0; k < k_total; k += kCols) {
-    const W* p = tile + k * kRows;
-    prefetch_step(p);
-#pragma GCC unroll 4
-    for (int r = 0; r < kRows; ++r) {
-      const __m512 w0 = widen(p + kCols * r), w1 = widen(p + kCols * r + 16);
-#pragma GCC unroll 8
-      for (int m = 0; m < MB; ++m) {
-        acc[r][m] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(x + m * ldx + k), acc[r][m]);
-        acc[r][m] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(x + m * ldx + k + 16), acc[r][m]);
-      }
-    }
-  }
-#pragma GCC unroll 8
-  for (int m = 0; m < MB; ++m)
-#pragma GCC unroll 4
-    for (int r = 0; r < kRows; ++r) out[m * kRows + r] = _mm512_reduce_add_ps(acc[r][m]);
-}
 #else  // AVX2 + FMA: 8 lanes, 16 registers
+using Vec = __m256;
+constexpr int kLanes = 8;
 constexpr int kMaxBlock = 3;  // 4 x 3 accumulators + a widened weight vector fit the 16 registers
-
-// 8 weights -> 8 fp32 lanes (int8 or bf16, as in the AVX-512 body)
-inline __m256 widen(const int8_t* p) {
-  return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
-}
-inline __m256 widen(const uint16_t* p) {
-  const __m256i u = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-  return _mm256_castsi256_ps(_mm256_slli_epi32(u, 16));
-}
-
-inline float reduce_add(__m256 v) {
+inline Vec vzero() { return _mm256_setzero_ps(); }
+inline Vec vload(const float* p) { return _mm256_loadu_ps(p); }
+inline Vec vfma(Vec a, Vec b, Vec c) { return _mm256_fmadd_ps(a, b, c); }
+inline Vec vadd(Vec a, Vec b) { return _mm256_add_ps(a, b); }
+inline float vsum(Vec v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   s = _mm_add_ps(s, _mm_movehl_ps(s, s));
   return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
 }
+inline Vec widen(const int8_t* p) {
+  return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+}
+inline Vec widen(const uint16_t* p) {
+  const __m256i u = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(u, 16));
+}
+#endif
+constexpr int kChunks = kCols / kLanes;  // vectors per 32-column step of one weight row: 2 or 4
 
-// One x row: two accumulators per tile row (8 in all), so consecutive FMAs into one register are two
-// apart and the 4-cycle FMA latency does not bound the loop.
+// One tile column of 4 rows against one x row: out[r] = sum_k tile[r, k] * x[k]. Two accumulators per tile
+// row, chunks alternating between them, so consecutive FMAs into one register are two apart and the FMA
+// latency does not bound the loop.
 template <typename W>
 inline void tile_dot(const W* tile, int64_t k_total, const float* x, float* out) {
-  __m256 a0[kRows], a1[kRows];
-  for (int r = 0; r < kRows; ++r) { a0[r] = _mm256_setzero_ps(); a1[r] = _mm256_setzero_ps(); }
+  Vec acc[kRows][2];
+  for (int r = 0; r < kRows; ++r) acc[r][0] = acc[r][1] = vzero();
   for (int64_t k = 0; k < k_total; k += kCols) {
     const W* p = tile + k * kRows;
     prefetch_step(p);
-    const __m256 x0 = _mm256_loadu_ps(x + k), x1 = _mm256_loadu_ps(x + k + 8);
-    const __m256 x2 = _mm256_loadu_ps(x + k + 16), x3 = _mm256_loadu_ps(x + k + 24);
+    Vec xs[kChunks];
 #pragma GCC unroll 4
-    for (int r = 0; r < kRows; ++r) {
-      const W* q = p + kCols * r;
-      a0[r] = _mm256_fmadd_ps(widen(q), x0, a0[r]);
-      a1[r] = _mm256_fmadd_ps(widen(q + 8), x1, a1[r]);
-      a0[r] = _mm256_fmadd_ps(widen(q + 16), x2, a0[r]);
-      a1[r] = _mm256_fmadd_ps(widen(q + 24), x3, a1[r]);
-    }
+    for (int c = 0; c < kChunks; ++c) xs[c] = vload(x + k + c * kLanes);
+#pragma GCC unroll 4
+    for (int r = 0; r < kRows; ++r)
+#pragma GCC unroll 4
+      for (int c = 0; c < kChunks; ++c)
+        acc[r][c % 2] = vfma(widen(p + kCols * r + c * kLanes), xs[c], acc[r][c % 2]);
   }
-  for (int r = 0; r < kRows; ++r) out[r] = reduce_add(_mm256_add_ps(a0[r], a1[r]));
+  for (int r = 0; r < kRows; ++r) out[r] = vsum(vadd(acc[r][0], acc[r][1]));
 }
 
-// MB x rows per pass (see the AVX-512 body's comment): each 8-column piece of a weight row is widened once
-// and meets the MB x rows, read from L1 as the FMAs' memory operand.
+// The same tile against MB x rows at once (x row m at x + m * ldx): each chunk of a weight row is widened to
+// fp32 once and used MB times. Widening (a sign-extend + a convert per chunk) costs as much as the FMAs of one
+// x row and competes for the same ports, so tile_dot per x row spent 2/3 of its work re-widening the tile
+// (AVX-512, 8960x1536 at 16 rows: 10.2 ms, against 2.0-2.2 for bf16's GEMM). The 4 x MB accumulators stay in
+// registers; x is read from L1 as the FMAs' memory operand.
 template <int MB, typename W>
 inline void tile_dot_rows(const W* tile, int64_t k_total, const float* x, int64_t ldx, float* out) {
-  __m256 acc[kRows][MB];
+  Vec acc[kRows][MB];
 #pragma GCC unroll 4
   for (int r = 0; r < kRows; ++r)
-#pragma GCC unroll 4
-    for (int m = 0; m < MB; ++m) acc[r][m] = _mm256_setzero_ps();
+#pragma GCC unroll 8
+    for (int m = 0; m < MB; ++m) acc[r][m] = vzero();
   for (int64_t k = 0; k < k_total; k += kCols) {
     const W* p = tile + k * kRows;
     prefetch_step(p);
 #pragma GCC unroll 4
     for (int r = 0; r < kRows; ++r) {
 #pragma GCC unroll 4
-      for (int c = 0; c < kCols; c += 8) {
-        const __m256 w = widen(p + kCols * r + c);
-#pragma GCC unroll 4
-        for (int m = 0; m < MB; ++m) acc[r][m] = _mm256_fmadd_ps(w, _mm256_loadu_ps(x + m * ldx + k + c), acc[r][m]);
+      for (int c = 0; c < kChunks; ++c) {
+        const Vec w = widen(p + kCols * r + c * kLanes);
+#pragma GCC unroll 8
+        for (int m = 0; m < MB; ++m) acc[r][m] = vfma(w, vload(x + m * ldx + k + c * kLanes), acc[r][m]);
       }
     }
   }
-#pragma GCC unroll 4
+#pragma GCC unroll 8
   for (int m = 0; m < MB; ++m)
 #pragma GCC unroll 4
-    for (int r = 0; r < kRows; ++r) out[m * kRows + r] = reduce_add(acc[r][m]);
+    for (int r = 0; r < kRows; ++r) out[m * kRows + r] = vsum(acc[r][m]);
 }
-#endif
 
 // out [mb * kRows] for x rows [0, mb), mb in 1..kMaxBlock
 template <typename W>
