@@ -1,8 +1,9 @@
 """CPU-aware compute precision: bf16 where the hardware runs it natively, fp32 elsewhere.
 
 bf16 matmul measured 1536 GFLOP/s with AMX, ~400 with avx512_bf16 and 48-59 on a Xeon with neither,
-where fp32 ran at 183-285 (bench/RESULTS.md): on such a CPU bf16 is 3-5x slower, so "auto" picks
-fp32 there. fp16 is never chosen on CPU (~1000x slower). Reads /proc/cpuinfo when asked, never at import.
+where fp32 ran at 183-285, and 0.27 on an AVX2 EPYC where fp32 ran at 100 (bench/RESULTS.md): on such a CPU
+bf16 is 3-370x slower, so "auto" picks fp32 there. fp16 is never chosen on CPU (~1000x slower). Reads
+/proc/cpuinfo when asked, never at import.
 """
 
 from __future__ import annotations
@@ -37,4 +38,4 @@ def auto_dtype(device: str | torch.device = "cpu", flags: set[str] | None = None
     have = [f for f in NATIVE_BF16_FLAGS if f in (cpu_flags() if flags is None else flags)]
     if have:
         return torch.bfloat16, f"cpu with native bf16 ({', '.join(have)})"
-    return torch.float32, "cpu without avx512_bf16 / amx_bf16: bf16 matmul would be emulated (3-5x slower)"
+    return torch.float32, "cpu without avx512_bf16 / amx_bf16: bf16 matmul would be emulated (3-370x slower)"

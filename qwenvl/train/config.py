@@ -145,7 +145,7 @@ class RunConfig:
     seed: int = 0
     # compute precision: "bf16" autocast (fp32 master weights) or "fp32"; "auto" picks bf16 only where the CPU
     # has native bf16 (avx512_bf16 / AMX; engine/precision.auto_dtype), since elsewhere bf16 matmuls are
-    # emulated and 3-5x slower than fp32. fp16 is never offered. The legacy `bf16 = true|false` still reads.
+    # emulated and 3-370x slower than fp32. fp16 is never offered. The legacy `bf16 = true|false` still reads.
     precision: str = "auto"
     gradient_checkpointing: bool = False
     log_every: int = 10

@@ -8,7 +8,7 @@ One optimizer step = grad_accum micro-batches per process; the loss is the token
 every supervised target of the step on all ranks (so accumulation and process count do not change
 the math). Precision (run.precision): "bf16" autocast (fp32 master weights) or "fp32"; "auto" (the
 default) picks bf16 only where the CPU computes it natively (engine/precision.auto_dtype: avx512_bf16 or
-AMX), since emulated bf16 is 3-5x slower than fp32. The choice and its reason go into the summary, the
+AMX), since emulated bf16 is 3-370x slower than fp32. The choice and its reason go into the summary, the
 checkpoint's meta.json and the log line. fp16 is never used (~1000x slower here).
 
 Budgets: `schedule.max_steps` and/or `schedule.max_minutes`. The LR schedule is over steps; with only
