@@ -12,6 +12,7 @@ import torch
 from qwenvl import families
 from qwenvl.engine import cpu_kernels
 from qwenvl.engine.precision import auto_dtype
+from qwenvl.engine.quant import weight_counts
 from qwenvl.pipeline import auto_storage
 from qwenvl.processing.image import smart_resize
 from qwenvl.train.freeze import param_group
@@ -35,8 +36,8 @@ def model_info(pipe: Any, device: str = "cpu", min_pixels: int | None = None, ma
     cfg = pipe.model.cfg
     prefixes = families.of(cfg).adapter_prefixes
     params = {"vision": 0, "adapter": 0, "llm": 0}
-    for name, p in pipe.model.named_parameters():
-        params[param_group(name, prefixes)] += p.numel()
+    for name, n in weight_counts(pipe.model):  # quantized / bf16-stored weights count as the float ones
+        params[param_group(name, prefixes)] += n
     params["total"] = sum(params.values())
     dtype, why = auto_dtype(device)
     icfg = getattr(pipe.processor, "image_cfg", None)

@@ -44,6 +44,7 @@ refuses a model with `model.quantized` set. This module must not read files or i
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -484,6 +485,23 @@ class QuantExperts(nn.Module):
     def extra_repr(self) -> str:
         g = f", group_size={self.group_size}" if self.mode == "int4" else ""
         return f"num_experts={self.num_experts}, hidden={self.hidden}, inter={self.inter}, {self.mode}{g}"
+
+
+def weight_counts(model: nn.Module) -> Iterator[tuple[str, int]]:
+    """(name, numel) of every weight the model stands for, quantized or not: its parameters, plus each
+    QuantLinear's [N, K] weight (and bias) and each QuantExperts' two stacks under the float model's names.
+    A quantized copy of tied embeddings (lm_head) is not counted twice. For parameter counts (qwenvl info)."""
+    yield from ((n, p.numel()) for n, p in model.named_parameters())
+    rep = getattr(model, "quantized", None) or {}
+    tied = bool((rep.get("lm_head") or {}).get("tied"))
+    for name, mod in model.named_modules():
+        if isinstance(mod, QuantLinear) and not (tied and name == "lm_head"):
+            yield f"{name}.weight", mod.out_features * mod.in_features
+            if mod.bias is not None:
+                yield f"{name}.bias", mod.bias.numel()
+        elif isinstance(mod, QuantExperts):
+            e, h, i = mod.num_experts, mod.hidden, mod.inter
+            yield from ((f"{name}.gate_up_proj", e * 2 * i * h), (f"{name}.down_proj", e * h * i))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -68,7 +68,9 @@ def test_bf16_storage_keeps_the_fp32_logits_of_a_bf16_checkpoint():
     refs = [ref_pipe.logits(messages()), ref_pipe.logits(TEXT)]
     assert refs[0].shape[0] >= Q.dequant_rows("bf16", torch.float32) > refs[1].shape[0]
     fp32_bytes = sum(m.weight.numel() * 4 for m in ref_pipe.model.model.layers.modules() if isinstance(m, nn.Linear))
+    n_params = sum(p.numel() for p in ref_pipe.model.parameters())
     report = Q.quantize_model(ref_pipe.model, "bf16")
+    assert sum(n for _, n in Q.weight_counts(ref_pipe.model)) == n_params  # what `qwenvl info` counts
     assert report["lm_head"]["mode"] == "bf16" and report["linears"] == 4 * 7
     assert report["decoder"]["quant_bytes"] <= 0.5 * fp32_bytes * 1.01  # bf16 + tile padding (none here)
     for msgs, ref in zip([messages(), TEXT], refs, strict=True):
@@ -80,7 +82,7 @@ def test_auto_keeps_bf16_weights_where_the_cpu_lacks_native_bf16(monkeypatch):
     """On a CPU without avx512_bf16 / AMX (simulated: the flags are patched), "auto" computes in fp32 and keeps
     the checkpoint's bf16 weights, says so, and gives the tokens of a plain fp32 load; with native bf16 it
     stays a plain bf16 model."""
-    require_tiled_kernel()
+    require_tiled_kernel()  # also builds (and caches) it for the real CPU before its flags are faked
     monkeypatch.setattr(precision, "cpu_flags", lambda: {"avx2", "fma"})
     pipe = qwenvl.load("qwenvl-tiny")
     assert pipe.dtype == torch.float32 and "checkpoint's bf16" in pipe.dtype_reason

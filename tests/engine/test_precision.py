@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from qwenvl.engine import cpu_kernels
 from qwenvl.engine.precision import auto_dtype, cpu_flags
+from qwenvl.pipeline import auto_storage
 
 
 @pytest.mark.parametrize("flags, want", [
@@ -40,8 +42,11 @@ def test_load_defaults_to_auto_and_reports_the_choice():
 
     want, why = auto_dtype("cpu")
     pipe = qwenvl.load("qwenvl-tiny")
-    assert pipe.dtype == want and pipe.dtype_reason == why and why != "requested"
+    assert pipe.dtype == want and pipe.dtype_reason.startswith(why) and why != "requested"
     assert pipe.model.model.embed_tokens.weight.dtype == want
+    kept = auto_storage(pipe.folder, want) == "bf16"  # fp32 compute on the checkpoint's bf16 weights
+    assert ("checkpoint's bf16" in pipe.dtype_reason) == kept
+    assert (getattr(pipe.model, "quantized", None) or {}).get("mode") == ("bf16" if kept else None)
 
 
 @pytest.mark.parametrize("flags, want", [({"amx_bf16"}, torch.bfloat16), ({"avx512_bf16"}, torch.bfloat16),
@@ -51,10 +56,12 @@ def test_load_default_follows_the_cpu_flags(monkeypatch, flags, want):
     import qwenvl
     from qwenvl.engine import precision
 
+    cpu_kernels.tiled_gemv()  # built (and cached) for the real CPU before its flags are faked
     monkeypatch.setattr(precision, "cpu_flags", lambda: set(flags))
     pipe = qwenvl.load("qwenvl-tiny")
-    assert pipe.dtype == want and pipe.dtype_reason == auto_dtype("cpu", flags)[1]
+    assert pipe.dtype == want and pipe.dtype_reason.startswith(auto_dtype("cpu", flags)[1])
     assert pipe.model.model.embed_tokens.weight.dtype == want
+    assert ("checkpoint's bf16" in pipe.dtype_reason) == (auto_storage(pipe.folder, want) == "bf16")
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bf16", torch.float32, torch.bfloat16])
