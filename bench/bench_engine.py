@@ -372,7 +372,7 @@ def main() -> None:
     same = {torch.bfloat16: "ours-bf16", torch.float32: "ours-fp32"}[results["auto"][0]]
     for row in rows:
         log(f"row {row}")
-        if row == "ours-auto" and same in rows and not auto_storage(args.ckpt, results["auto"][0]):
+        if row == "ours-auto" and same in rows and not results["auto_storage"]:
             # auto is one of the explicit rows here (no bf16 storage under fp32 compute): measured there
             results["rows"][row] = {"same_as": same}
             continue

@@ -5,9 +5,9 @@
 Only one so far: csrc/tiled_gemv.cpp, the weight-only int8 and bf16 GEMVs of decode on AVX-512 or AVX2 CPUs
 (torch's own int8 kernel is compute-bound on AVX-512 and scalar code for fp32 activations; fp32 F.linear
 reads weights at 2-8 GB/s at 1-16 rows on an AVX2 EPYC; bench/RESULTS.md), as torch.ops.qwenvl.int8_gemv
-and torch.ops.qwenvl.bf16_gemv. Built
-with -march=native into ~/.cache/qwenvl/kernels/<key> (or $QWENVL_KERNEL_CACHE), the key hashing the source,
-torch's version and the CPU's flags, so a copied home directory never runs code built for another CPU.
+and torch.ops.qwenvl.bf16_gemv. Built with -march=native into ~/.cache/qwenvl/kernels/<key> (or
+$QWENVL_KERNEL_CACHE), the key hashing the source, torch's version and the CPU's flags, so a copied home
+directory never runs code built for another CPU.
 Everything works without it: quant.py falls back to torch's kernel. QWENVL_KERNELS=0 turns it off.
 """
 

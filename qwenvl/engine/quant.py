@@ -62,15 +62,20 @@ DEFAULT_GROUP_SIZE = 64
 # at M = 16. fp32, 2-core AVX2 EPYC (no native bf16; small-M fp32 GEMMs there read weights at 2-5 GB/s),
 # 8960x1536 / 1536x8960, 2026-12-02: int8 tiled kernel 42.7 / 41.0 vs 86.5 / 43.2 ms at M = 128; int4
 # kernel 37.0 / 36.3 vs 74.2 / 59.3 at M = 64, 84.2 / 72.2 vs 75.4 / 68.4 at M = 128.
+# bf16 weights, fp32 x, same machine and shapes (14:57 UTC): kernel 40.8 / 42.6 vs widen + GEMM 64.6 / 44.9 ms
+# at M = 128, 63.5 / 61.4 vs 84.6 / 57.8 at M = 192; bf16 x: int8's value, not measured.
 INT8_DEQUANT_ROWS = {torch.bfloat16: 16, torch.float32: 128}
 INT4_DEQUANT_ROWS = {torch.bfloat16: 64, torch.float32: 96}
 BF16_DEQUANT_ROWS = {torch.bfloat16: 16, torch.float32: 128}
+_DEQUANT_ROWS = {"int8": INT8_DEQUANT_ROWS, "int4": INT4_DEQUANT_ROWS, "bf16": BF16_DEQUANT_ROWS}
 
 
 def dequant_rows(mode: str, dtype: torch.dtype) -> int:
     """Rows of x (in `dtype`) from which `mode`'s matmul dequantizes and runs a GEMM instead of the kernel."""
-    table = {"int8": INT8_DEQUANT_ROWS, "int4": INT4_DEQUANT_ROWS, "bf16": BF16_DEQUANT_ROWS}[mode]
+    table = _DEQUANT_ROWS[mode]
     return table.get(dtype, table[torch.bfloat16])
+
+
 # rows per tile of the tiled int8 layout (csrc/tiled_gemv.cpp)
 TILE_ROWS = 4
 # weights dequantized per block (into _scratch buffers: 32 MB bf16; int4 also 16 MB fp32)
