@@ -118,6 +118,18 @@ def _tiled_ext():
     return tiled_gemv()[0]
 
 
+def _gemv(name: str, *args: torch.Tensor) -> torch.Tensor:
+    """The tiled kernel `name` ("int8_gemv" / "bf16_gemv") on args, fp32 out. Eager code calls the extension
+    directly: the torch.ops.qwenvl custom op's Python dispatch costs ~70 us a call, more than the kernel itself
+    on a small matrix (the tiny model's linears: 5.3 ms a token under cProfile, 1.2 of it the kernel;
+    bench/RESULTS.md). The registered op stays for torch.compile, whose graphs need it; it was registered when
+    the weights were tiled (use_tiled builds the kernel), and tracing must not enter _tiled_ext: dynamo breaks
+    the graph on the cached builder's file reads (tests/engine/test_bf16_storage.py checks)."""
+    if torch.compiler.is_compiling():
+        return getattr(torch.ops.qwenvl, name)(*args)
+    return getattr(_tiled_ext(), name)(*args)
+
+
 def _tile(q: torch.Tensor) -> torch.Tensor:
     """[N, Kp] (Kp a multiple of 32) -> the tiled kernels' layout: rows padded with zeros to a multiple of
     TILE_ROWS, elements in [N/4, Kp/32, 4, 32] tile order (still shaped [Np, Kp])."""
@@ -153,8 +165,7 @@ def int8_kernel_mm(x: torch.Tensor, q: torch.Tensor, s: torch.Tensor, tiled: boo
     k, kp = x.shape[1], q.shape[1]
     x = F.pad(x, (0, kp - k)) if kp != k else x.contiguous()
     if tiled:  # any float x: the kernel reads it as fp32
-        _tiled_ext()  # built and registered as torch.ops.qwenvl.int8_gemv
-        return torch.ops.qwenvl.int8_gemv(x, q, s).to(x.dtype)
+        return _gemv("int8_gemv", x, q, s).to(x.dtype)
     return _INT8(x.to(s.dtype), q, s)
 
 
@@ -215,8 +226,7 @@ def bf16_mm(x: torch.Tensor, w: torch.Tensor, n: int) -> torch.Tensor:
     k, kp = x.shape[1], w.shape[1]
     x = F.pad(x, (0, kp - k)) if kp != k else x.contiguous()
     if x.shape[0] < dequant_rows("bf16", x.dtype):
-        _tiled_ext()
-        y = torch.ops.qwenvl.bf16_gemv(x, w).to(x.dtype)
+        y = _gemv("bf16_gemv", x, w).to(x.dtype)
     else:
         y = int8_dequant_mm(x, w, None, tiled=True)
     return y[:, :n] if y.shape[1] != n else y

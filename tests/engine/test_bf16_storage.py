@@ -104,3 +104,22 @@ def test_bf16_storage_is_refused_without_the_kernel(monkeypatch):
     with pytest.raises(ValueError, match="bf16 weight storage runs only on our tiled CPU kernel"):
         Q.quantize_model(model, "bf16")
     assert not getattr(model, "quantized", None)
+
+
+def test_compiled_decode_traces_the_registered_kernel_op():
+    """Eager decode calls the kernel extension directly (quant._gemv skips the custom op's dispatch); a
+    torch.compile'd step must still trace it whole, through torch.ops.qwenvl.bf16_gemv: no graph break, and
+    the eager tokens."""
+    require_tiled_kernel()
+    from torch._dynamo.utils import counters
+
+    from qwenvl.engine.engine import Engine
+
+    pipe = qwenvl.load("qwenvl-tiny", dtype="float32", quantize="bf16")
+    inp = pipe.prepare(TEXT)
+    params = pipe.sampling(max_new_tokens=12, temperature=0.0)
+    want = Engine(pipe.model, n_slots=1, max_len=128).generate(inp, params).token_ids
+    counters.clear()
+    got = Engine(pipe.model, n_slots=1, max_len=128, compile=True).generate(inp, params).token_ids
+    assert got == want
+    assert not counters["graph_break"], dict(counters["graph_break"])
