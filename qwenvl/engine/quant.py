@@ -50,6 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from qwenvl.engine.cpu_kernels import tiled_gemv
 from qwenvl.model.moe import MoeExperts
 
 MODES = ("int8", "int4", "bf16")  # bf16: storage only (fp32 compute on bf16 weights, the tiled kernel)
@@ -113,8 +114,6 @@ def quantize_int8(w: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, to
 
 def _tiled_ext():
     """The tiled GEMV extension, or None (not built here: no AVX-512 / AVX2, no compiler, QWENVL_KERNELS=0)."""
-    from qwenvl.engine.cpu_kernels import tiled_gemv
-
     return tiled_gemv()[0]
 
 
@@ -560,8 +559,6 @@ def quantize_model(model: nn.Module, mode: str = "int8", group_size: int = DEFAU
         raise ValueError("model is already quantized")
     emb = model.model.embed_tokens.weight
     if "bf16" in (mode, lm_head) and not use_tiled("bf16", emb.device):
-        from qwenvl.engine.cpu_kernels import tiled_gemv
-
         why = tiled_gemv()[1] if emb.device.type == "cpu" else f"the model is on {emb.device}"
         raise ValueError(f"bf16 weight storage runs only on our tiled CPU kernel, unusable here: {why}")
     uses_int4 = "int4" in (mode, lm_head)

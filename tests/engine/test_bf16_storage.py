@@ -106,7 +106,6 @@ def test_bf16_storage_is_refused_without_the_kernel(monkeypatch):
     assert not getattr(model, "quantized", None)
 
 
-
 @pytest.mark.parametrize("mode", ["bf16", "int8"])
 def test_compiled_linears_trace_the_registered_kernel_op(mode):
     """Eager code calls the kernel extension directly (quant._gemv skips the custom op's dispatch); under
